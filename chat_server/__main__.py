@@ -1,0 +1,84 @@
+"""The `chat-server` command: serve, token, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from chat_server.auth import TokenAuthority, load_or_create_secret, valid_user_id
+from chat_server.config import Settings
+from chat_server.store.urls import sqlite_path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chat-server", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run one server process")
+    serve.add_argument("--host", help="bind address (HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (PORT, default 8080)")
+    serve.add_argument("--database-url", help="DATABASE_URL (default sqlite:///chat.db)")
+    serve.add_argument("--redis-url", help="REDIS_URL (default: in-process broker)")
+
+    token = commands.add_parser("token", help="print a signed token for a user")
+    token.add_argument("user_id")
+    token.add_argument("--ttl", type=int, default=86400, help="lifetime in seconds (24 h)")
+    token.add_argument("--database-url", help="DATABASE_URL (locates the generated secret)")
+
+    migrate = commands.add_parser("migrate", help="apply database migrations")
+    migrate.add_argument("--database-url", help="DATABASE_URL")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    overrides = {
+        key: getattr(args, key, None) for key in ("host", "port", "database_url", "redis_url")
+    }
+    try:
+        settings = Settings.from_env(**overrides)
+    except ValueError as exc:
+        print(f"chat-server: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.command == "serve":
+        return _serve(settings)
+    if args.command == "token":
+        return _token(settings, args.user_id, args.ttl)
+    return _migrate(settings)
+
+
+def _serve(settings: Settings) -> int:
+    from aiohttp import web
+
+    from chat_server.web.app import create_app
+
+    web.run_app(create_app(settings), host=settings.host, port=settings.port)
+    return 0
+
+
+def _token(settings: Settings, user_id: str, ttl: int) -> int:
+    if not valid_user_id(user_id):
+        print("chat-server: a user id is 1-128 printable characters", file=sys.stderr)
+        return 2
+    try:
+        secret = load_or_create_secret(settings.jwt_secret, sqlite_path(settings.database_url))
+    except ValueError as exc:
+        print(f"chat-server: {exc}", file=sys.stderr)
+        return 2
+    print(TokenAuthority(secret).mint(user_id, ttl_s=ttl))
+    return 0
+
+
+def _migrate(settings: Settings) -> int:
+    from chat_server.store.migrate import migrate
+
+    asyncio.run(migrate(settings.database_url))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

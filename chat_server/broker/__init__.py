@@ -1,0 +1,1 @@
+"""Fan-out between workers: the `Broker` protocol and its in-process and Redis implementations."""

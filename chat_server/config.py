@@ -1,0 +1,110 @@
+"""Settings: one frozen dataclass read from the environment; every limit has a sane default."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+
+def _split_origins(raw: str) -> tuple[str, ...]:
+    return tuple(origin.strip() for origin in raw.split(",") if origin.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database_url: str = "sqlite:///chat.db"
+    redis_url: str | None = None
+    jwt_secret: str | None = field(default=None, repr=False)
+    allowed_origins: tuple[str, ...] = ()
+    demo: bool = False
+
+    # Limits (CONTRACT.md, "Limits"); 0 disables a rate limit.
+    max_frame_bytes: int = 65536
+    max_body_bytes: int = 16384
+    max_headers: int = 32
+    max_header_bytes: int = 8192
+    max_subscriptions: int = 50
+    max_unacked: int = 1000
+    connect_timeout_s: float = 10.0
+    heartbeat_ms: int = 10000
+    ws_ping_s: float = 25.0
+    outbox_bytes: int = 524288
+    send_stall_s: float = 10.0
+    frames_per_s: float = 20.0
+    frames_burst: int = 50
+    max_connections_per_user: int = 10
+    max_connections_per_ip: int = 50
+    max_rest_body_bytes: int = 65536
+    max_user_headers: int = 8
+    max_user_header_bytes: int = 1024
+
+    # Storage tuning.
+    db_busy_timeout_ms: int = 5000
+    db_pool_size: int = 10
+
+    # Fan-out: how long a room waits for a missing `seq` before reading it from the database.
+    gap_wait_s: float = 0.2
+    shutdown_grace_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+                raise ValueError(f"setting {spec.name} must not be negative, got {value}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read `PORT`, `DATABASE_URL`, ... and `CHAT_*` limits; `overrides` (CLI flags) win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        plain = {
+            "host": "HOST",
+            "port": "PORT",
+            "database_url": "DATABASE_URL",
+            "redis_url": "REDIS_URL",
+            "jwt_secret": "CHAT_JWT_SECRET",
+        }
+        for name, var in plain.items():
+            if env.get(var):
+                values[name] = env[var]
+        if env.get("CHAT_ALLOWED_ORIGINS"):
+            values["allowed_origins"] = _split_origins(env["CHAT_ALLOWED_ORIGINS"])
+        for spec in fields(cls):
+            var = "CHAT_" + spec.name.upper()
+            if spec.name not in plain and var in env and spec.name != "allowed_origins":
+                values[spec.name] = env[var]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls._coerced(values)
+
+    @classmethod
+    def _coerced(cls, values: Mapping[str, Any]) -> Settings:
+        defaults = cls()
+        coerced: dict[str, Any] = {}
+        for spec in fields(cls):
+            if spec.name not in values:
+                continue
+            raw = values[spec.name]
+            default = getattr(defaults, spec.name)
+            coerced[spec.name] = _coerce(spec.name, raw, default)
+        return replace(defaults, **coerced)
+
+
+def _coerce(name: str, raw: Any, default: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, tuple):
+            return _split_origins(raw)
+    except ValueError as exc:
+        raise ValueError(f"setting {name}: {raw!r} is not a valid value") from exc
+    return raw

@@ -1,0 +1,446 @@
+"""Session: one client's STOMP conversation, turned into ChatService calls and room deliveries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import assert_never
+
+import orjson
+
+from chat_server.auth import AuthenticationFailed, Identity, TokenAuthority, bearer_token
+from chat_server.chat import ChatService
+from chat_server.config import Settings
+from chat_server.errors import (
+    ChatError,
+    NotAMember,
+    RoomNotFound,
+    StoreUnavailable,
+    ValidationFailed,
+)
+from chat_server.fanout import Delivery, Fanout, Tap
+from chat_server.models import RoomId, UserEvent, UserEventKind, UserHeaders, UserId
+from chat_server.outbox import Outbox, OutboxOverflow
+from chat_server.schemas import MessageSchema, load, parse_json_object
+from chat_server.stomp.connection import Limits, State, StompConnection, Subscription
+from chat_server.stomp.errors import CloseCode, StompProtocolError
+from chat_server.stomp.frames import Command, Frame, Version, encode_headers
+from chat_server.stomp.parser import ParserLimits
+
+log = logging.getLogger(__name__)
+
+SEND_DESTINATION = "/app/message"
+ERRORS_DESTINATION = "/user/queue/errors"
+NOTIFICATIONS_DESTINATION = "/user/queue/notifications"
+# Exact match, ASCII digits, no leading zero, at most 18 digits: no normalisation, no patterns
+# (BAD_INPUTS A4, A5, A7); `\d` without re.ASCII would accept "٧".
+_ROOM_DESTINATION = re.compile(r"/queue/chat-rooms/([1-9][0-9]{0,17})", re.ASCII)
+_SEQ = re.compile(r"0|[1-9][0-9]{0,17}", re.ASCII)
+_JSON_TYPES = ("application/json",)
+
+
+def room_of(destination: str) -> RoomId | None:
+    match = _ROOM_DESTINATION.fullmatch(destination)
+    return RoomId(int(match[1])) if match else None
+
+
+def message_tail(delivery: Delivery, version: Version) -> bytes:
+    """The subscriber-independent part of a room MESSAGE, encoded once per version per worker."""
+    tail = delivery.encoded.get(version)
+    if tail is None:
+        message = delivery.message
+        body = message.body_bytes()
+        headers = (
+            ("destination", f"/queue/chat-rooms/{message.room_id}"),
+            ("content-type", "application/json"),
+            ("content-length", str(len(body))),
+            *message.headers,
+        )
+        tail = encode_headers(headers, version) + b"\n" + body + b"\0"
+        delivery.encoded[version] = tail
+    return tail
+
+
+@dataclass(slots=True)
+class FrameBudget:
+    """Token bucket for inbound frames: when empty the reader pauses (back-pressure, no drops)."""
+
+    rate: float
+    burst: int
+    tokens: float = 0.0
+    stamp: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.tokens = float(self.burst)
+        self.stamp = time.monotonic()
+
+    def delay(self) -> float:
+        """Seconds to wait before the next frame may be processed (and take its token)."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        self.tokens -= 1.0
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
+@dataclass(frozen=True, slots=True)
+class CloseRequest:
+    code: CloseCode
+    reason: str
+
+
+class Session:
+    """Everything one WebSocket client does, from CONNECT to the close."""
+
+    def __init__(
+        self,
+        *,
+        chat: ChatService,
+        fanout: Fanout,
+        tokens: TokenAuthority,
+        settings: Settings,
+        subprotocol: Version | None = None,
+        admit_user: Callable[[Session, UserId], bool] = lambda _session, _user: True,
+    ) -> None:
+        self._chat = chat
+        self._fanout = fanout
+        self._tokens = tokens
+        self._settings = settings
+        self._admit_user = admit_user
+        self._message_schema = MessageSchema(max_content_bytes=settings.max_body_bytes)
+        self.started = time.monotonic()
+        self.conn = StompConnection(
+            Limits(
+                ParserLimits(
+                    max_frame_bytes=settings.max_frame_bytes,
+                    max_body_bytes=settings.max_body_bytes,
+                    max_headers=settings.max_headers,
+                    max_header_bytes=settings.max_header_bytes,
+                ),
+                max_subscriptions=settings.max_subscriptions,
+                max_unacked=settings.max_unacked,
+            ),
+            server_heartbeat_ms=settings.heartbeat_ms,
+            subprotocol=subprotocol,
+            now=self.started,
+        )
+        self.outbox = Outbox(settings.outbox_bytes)
+        self.identity: Identity | None = None
+        #: True once the user counted against its connection cap (released on close).
+        self.admitted = False
+        self.close_request: CloseRequest | None = None
+        self._budget = FrameBudget(settings.frames_per_s, settings.frames_burst)
+        self._taps: dict[str, Tap] = {}
+        self._errors_sub: Subscription | None = None
+        self._notifications_sub: Subscription | None = None
+        self._watching_user = False
+
+    @property
+    def user(self) -> UserId | None:
+        return self.identity.user_id if self.identity else None
+
+    # --- input --------------------------------------------------------------------------------
+
+    async def receive(self, data: bytes) -> None:
+        """Bytes from the socket: handle every complete frame, in order."""
+        try:
+            self.conn.receive_data(data, time.monotonic())
+            for frame in self.conn.events_received():
+                pause = self._budget.delay()
+                if pause:
+                    await asyncio.sleep(pause)  # not reading the socket is the back-pressure
+                await self._handle(frame)
+                if self.close_request is not None:
+                    return
+        except StompProtocolError as exc:
+            self.fail(exc)
+        except OutboxOverflow:
+            self.fail(StompProtocolError("slow consumer", close_code=CloseCode.POLICY_VIOLATION))
+        except Exception:
+            log.exception("internal error in session %s", self.conn.session_id)
+            self.fail(StompProtocolError("internal error", close_code=CloseCode.INTERNAL_ERROR))
+
+    def read_deadline(self) -> float | None:
+        """Monotonic time by which the peer must have sent something (or its token expired)."""
+        deadline = self.conn.peer_deadline(self._settings.connect_timeout_s, self.started)
+        if self.identity is not None and self.identity.expires_at is not None:
+            expiry = time.monotonic() + (self.identity.expires_at - time.time())
+            deadline = expiry if deadline is None else min(deadline, expiry)
+        return deadline
+
+    def timed_out(self) -> None:
+        """The read deadline passed: say why, then close."""
+        if self.conn.state is State.AWAITING_CONNECT:
+            reason = "no CONNECT in time"
+        elif self.identity and self.identity.expires_at and self.identity.expires_at <= time.time():
+            reason = "session expired"
+        else:
+            reason = "heart-beat timeout"
+        self.fail(StompProtocolError(reason, close_code=CloseCode.POLICY_VIOLATION))
+
+    def fail(self, exc: StompProtocolError) -> None:
+        """Answer a protocol error with ERROR, then close (nothing else is sent after it)."""
+        if self.close_request is not None:
+            return
+        log.info("session %s user %s: %s", self.conn.session_id, self.user, exc.message)
+        self.close_request = CloseRequest(exc.close_code, exc.message)
+        self.outbox.close(self.conn.error(exc))
+
+    def going_away(self) -> None:
+        """The server is shutting down: stop handling frames, flush, close with 1001."""
+        if self.close_request is None:
+            self.close_request = CloseRequest(CloseCode.GOING_AWAY, "server shutting down")
+            self.conn.disconnect()
+            self.outbox.close()
+
+    # --- dispatch -----------------------------------------------------------------------------
+
+    async def _handle(self, frame: Frame) -> None:
+        match frame.command:
+            case Command.CONNECT | Command.STOMP:
+                await self._connect(frame)
+            case Command.SEND:
+                if not self.conn.enlist(frame):
+                    await self._send(frame)
+                    return  # receipted by _send, only once the message is stored
+            case Command.SUBSCRIBE:
+                await self._subscribe(frame)
+            case Command.UNSUBSCRIBE:
+                self._unsubscribe(self.conn.remove_subscription(frame))
+            case Command.ACK | Command.NACK:
+                if not self.conn.enlist(frame):
+                    self.conn.acknowledge(frame)
+            case Command.BEGIN:
+                self.conn.begin(frame)
+            case Command.COMMIT:
+                await self._commit(frame)
+            case Command.ABORT:
+                self.conn.abort(frame)
+            case Command.DISCONNECT:
+                self._reply_receipt(frame)
+                self.close_request = CloseRequest(CloseCode.NORMAL, "disconnect")
+                self.conn.disconnect()
+                self.outbox.close()
+                return
+            case Command.CONNECTED | Command.MESSAGE | Command.RECEIPT | Command.ERROR:
+                raise self.conn.refuse(frame, "Bad command")  # the connection filters these
+            case _:
+                assert_never(frame.command)
+        self._reply_receipt(frame)
+
+    def _reply_receipt(self, frame: Frame) -> None:
+        receipt = self.conn.receipt(frame)
+        if receipt is not None:
+            self.outbox.put(receipt)
+
+    async def _commit(self, frame: Frame) -> None:
+        for held in self.conn.commit(frame):
+            if held.command is Command.SEND:
+                await self._send(held, receipt=False)
+            else:
+                self.conn.acknowledge(held)
+
+    # --- CONNECT ------------------------------------------------------------------------------
+
+    async def _connect(self, frame: Frame) -> None:
+        token = bearer_token(frame.get("Authorization") or frame.get("authorization"))
+        token = token or frame.get("passcode")
+        try:
+            if not token:
+                raise AuthenticationFailed("no token")
+            identity = self._tokens.verify(token)
+        except AuthenticationFailed:
+            raise self.conn.refuse(
+                frame, "authentication failed", CloseCode.POLICY_VIOLATION
+            ) from None
+        if not self._admit_user(self, identity.user_id):
+            raise self.conn.refuse(frame, "too many connections", CloseCode.TRY_AGAIN_LATER)
+        self.admitted = True
+        self.identity = identity
+        self.outbox.put(self.conn.accept(frame, identity.user_id))
+        await self._fanout.watch_user(identity.user_id, self._on_user_event)
+        self._watching_user = True
+
+    # --- SEND ---------------------------------------------------------------------------------
+
+    async def _send(self, frame: Frame, *, receipt: bool = True) -> None:
+        destination = frame.get("destination")
+        if destination != SEND_DESTINATION:
+            raise self.conn.refuse(frame, "Unknown destination")
+        user = self.user
+        assert user is not None
+        try:
+            draft = load(self._message_schema, self._json_body(frame))
+            await self._chat.post(user, draft, self._user_headers(frame))
+        except ChatError as refusal:
+            self._refuse_send(frame, refusal)
+            return
+        except StoreUnavailable:
+            # Outcome unknown: no RECEIPT; the client retries with its clientMessageId.
+            raise self.conn.refuse(
+                frame, "message not stored: try again", CloseCode.TRY_AGAIN_LATER
+            ) from None
+        if receipt:
+            self._reply_receipt(frame)
+
+    def _json_body(self, frame: Frame) -> object:
+        content_type = (frame.get("content-type") or "application/json").split(";")[0].strip()
+        if content_type.lower() not in _JSON_TYPES:
+            raise ValidationFailed("content-type must be application/json")
+        return parse_json_object(frame.body)
+
+    def _user_headers(self, frame: Frame) -> UserHeaders:
+        """The SEND's `x-` headers (first of repeats wins), bounded; all others are dropped."""
+        chosen: dict[str, str] = {}
+        for name, value in frame.headers:
+            if not name.startswith("x-") or name in chosen:
+                continue
+            if len(chosen) >= self._settings.max_user_headers:
+                raise ValidationFailed(
+                    f"at most {self._settings.max_user_headers} x- headers"
+                )
+            if len(value.encode("utf-8")) > self._settings.max_user_header_bytes:
+                raise ValidationFailed(f"header {name} is too long")
+            chosen[name] = value
+        return tuple(chosen.items())
+
+    def _refuse_send(self, frame: Frame, refusal: ChatError) -> None:
+        """Spring's convention: report on /user/queue/errors if watched, else ERROR and close."""
+        if self._errors_sub is None:
+            code = (
+                CloseCode.POLICY_VIOLATION
+                if isinstance(refusal, NotAMember | RoomNotFound)
+                else CloseCode.PROTOCOL_ERROR
+            )
+            raise StompProtocolError(
+                refusal.message, detail=refusal.code, close_code=code,
+                receipt_id=frame.get("receipt"),
+            )
+        body = orjson.dumps(
+            {
+                "error": {
+                    "code": refusal.code,
+                    "message": refusal.message,
+                    "details": refusal.details,
+                },
+                "receiptId": frame.get("receipt"),
+                "clientMessageId": _client_message_id(frame.body),
+            }
+        )
+        self._push(self._errors_sub, ERRORS_DESTINATION, body)
+
+    def _push(self, subscription: Subscription, destination: str, body: bytes) -> None:
+        headers = self.conn.encode_user_headers(
+            (
+                ("destination", destination),
+                ("content-type", "application/json"),
+                ("content-length", str(len(body))),
+            )
+        )
+        self.outbox.put(self.conn.message_prefix(subscription) + headers + b"\n" + body + b"\0")
+
+    # --- SUBSCRIBE ----------------------------------------------------------------------------
+
+    async def _subscribe(self, frame: Frame) -> None:
+        destination = frame.get("destination") or ""
+        room_id = room_of(destination)
+        if room_id is None and destination not in (ERRORS_DESTINATION, NOTIFICATIONS_DESTINATION):
+            raise self.conn.refuse(frame, "Unknown destination")
+        resume_after = self._resume_after(frame)
+        subscription = self.conn.add_subscription(frame)
+        if destination == ERRORS_DESTINATION:
+            self._errors_sub = self._errors_sub or subscription
+            return
+        if destination == NOTIFICATIONS_DESTINATION:
+            self._notifications_sub = self._notifications_sub or subscription
+            return
+        assert room_id is not None and self.user is not None
+        if not await self._chat.may_read(self.user, room_id):
+            self.conn.drop_subscription(subscription)
+            raise self.conn.refuse(frame, "forbidden", CloseCode.POLICY_VIOLATION)
+        tap = Tap(
+            room_id,
+            sink=lambda delivery: self._deliver(subscription, delivery),
+            drain=self.outbox.wait_drained,
+        )
+        self._taps[subscription.id] = tap
+        await self._fanout.attach(tap, resume_after)
+
+    def _resume_after(self, frame: Frame) -> int | None:
+        raw = frame.get("x-resume-after")
+        if raw is None:
+            return None
+        if not _SEQ.fullmatch(raw):
+            raise self.conn.refuse(frame, "invalid x-resume-after")
+        return int(raw)
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        if subscription is self._errors_sub:
+            self._errors_sub = None
+        if subscription is self._notifications_sub:
+            self._notifications_sub = None
+        tap = self._taps.pop(subscription.id, None)
+        if tap is not None:
+            self._fanout.detach(tap)
+
+    # --- deliveries (called by the fan-out; never block) ----------------------------------------
+
+    def _deliver(self, subscription: Subscription, delivery: Delivery) -> None:
+        if self.close_request is not None:
+            return
+        try:
+            tail = message_tail(delivery, self.conn.version)
+            self.outbox.put(self.conn.message_prefix(subscription) + tail)
+        except OutboxOverflow:
+            self.fail(StompProtocolError("slow consumer", close_code=CloseCode.POLICY_VIOLATION))
+        except StompProtocolError as exc:
+            self.fail(exc)
+
+    def _on_user_event(self, event: UserEvent) -> None:
+        if self.close_request is not None:
+            return
+        if event.kind is UserEventKind.ROOM_REMOVED:
+            # Membership ended: end this connection's subscriptions to the room (A8).
+            for sub_id, tap in list(self._taps.items()):
+                if tap.room_id == event.room_id:
+                    subscription = self.conn.subscriptions.get(sub_id)
+                    if subscription is not None:
+                        self.conn.drop_subscription(subscription)
+                    self._taps.pop(sub_id)
+                    self._fanout.detach(tap)
+        if self._notifications_sub is not None:
+            try:
+                self._push(self._notifications_sub, NOTIFICATIONS_DESTINATION, event.payload)
+            except OutboxOverflow:
+                self.fail(
+                    StompProtocolError("slow consumer", close_code=CloseCode.POLICY_VIOLATION)
+                )
+            except StompProtocolError as exc:
+                self.fail(exc)
+
+    # --- end ----------------------------------------------------------------------------------
+
+    def release(self) -> None:
+        """Detach from the fan-out; called once when the socket is gone."""
+        for tap in self._taps.values():
+            self._fanout.detach(tap)
+        self._taps.clear()
+        if self._watching_user and self.user is not None:
+            self._fanout.unwatch_user(self.user, self._on_user_event)
+            self._watching_user = False
+
+
+def _client_message_id(body: bytes) -> str | None:
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(value, dict) and isinstance(value.get("clientMessageId"), str):
+        return str(value["clientMessageId"])
+    return None

@@ -1,0 +1,382 @@
+"""StompConnection: one peer's protocol state, negotiation, subscriptions, acks and transactions.
+
+Sans-I/O: bytes go in through `receive_data`, validated frames come out of `events_received`,
+and every outgoing frame is encoded here for the negotiated version. Time is passed in, never
+read, so every rule can be tested without an event loop.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
+
+from chat_server.stomp.errors import CloseCode, InvalidState, StompProtocolError
+from chat_server.stomp.frames import (
+    CLIENT_COMMANDS,
+    Command,
+    Frame,
+    Headers,
+    Version,
+    encode,
+    encode_headers,
+    escape,
+)
+from chat_server.stomp.parser import FrameParser, ParserLimits
+
+SERVER_NAME = "chat_server"
+SUPPORTED_VERSIONS = (Version.V1_0, Version.V1_1, Version.V1_2)
+#: WebSocket subprotocol names (RFC 6455 registry) and the STOMP version each stands for.
+SUBPROTOCOLS = {"v10.stomp": Version.V1_0, "v11.stomp": Version.V1_1, "v12.stomp": Version.V1_2}
+#: Heart-beat values beyond this are clamped rather than overflowing timers (BAD_INPUTS P8).
+MAX_HEARTBEAT_MS = 2**31 - 1
+_HEARTBEAT = re.compile(r"([0-9]+),([0-9]+)", re.ASCII)
+#: A silent peer is closed after this many of its negotiated intervals (STOMP 1.2 allows margin).
+SILENCE_FACTOR = 2.0
+
+
+class State(Enum):
+    AWAITING_CONNECT = "awaiting connect"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+#: The client commands each state accepts; anything else is one lookup and one error.
+ALLOWED: dict[State, frozenset[Command]] = {
+    State.AWAITING_CONNECT: frozenset({Command.CONNECT, Command.STOMP}),
+    State.CONNECTED: CLIENT_COMMANDS - {Command.CONNECT, Command.STOMP},
+    State.CLOSED: frozenset(),
+}
+
+
+def _refusal(state: State, command: Command) -> str:
+    if command not in CLIENT_COMMANDS:
+        return "Bad command"
+    if state is State.AWAITING_CONNECT:
+        return "not connected"
+    return "already connected"
+
+
+class AckMode(StrEnum):
+    AUTO = "auto"
+    CLIENT = "client"
+    CLIENT_INDIVIDUAL = "client-individual"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    parser: ParserLimits = ParserLimits()
+    max_subscriptions: int = 50
+    max_unacked: int = 1000
+    max_transactions: int = 10
+    max_transaction_frames: int = 100
+
+
+@dataclass(slots=True, eq=False)
+class Subscription:
+    id: str
+    destination: str
+    ack: AckMode
+    #: `MESSAGE\nsubscription:<id>\n`, escaped for the connection's version once, here.
+    prefix: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class HeartBeats:
+    """Negotiated intervals in ms; 0 means none (STOMP 1.2, "Heart-beating")."""
+
+    send_ms: int
+    receive_ms: int
+
+
+def parse_heart_beat(value: str | None) -> tuple[int, int]:
+    if value is None:
+        return 0, 0
+    match = _HEARTBEAT.fullmatch(value)
+    if match is None:
+        raise StompProtocolError("invalid heart-beat", detail="expected heart-beat:<cx>,<cy>")
+    return min(int(match[1]), MAX_HEARTBEAT_MS), min(int(match[2]), MAX_HEARTBEAT_MS)
+
+
+def negotiate_heart_beats(server_ms: int, client: tuple[int, int]) -> HeartBeats:
+    client_send, client_receive = client
+    send = 0 if server_ms == 0 or client_receive == 0 else max(server_ms, client_receive)
+    receive = 0 if server_ms == 0 or client_send == 0 else max(server_ms, client_send)
+    return HeartBeats(send, receive)
+
+
+def negotiate_version(accept_version: str | None, subprotocol: Version | None) -> Version:
+    """The highest version both sides speak, capped by the WebSocket subprotocol if any."""
+    if accept_version is None:
+        offered = {Version.V1_0}  # STOMP 1.0 clients send no accept-version
+    else:
+        offered = {Version(v) for v in accept_version.split(",") if v in Version._value2member_map_}
+    usable = [v for v in SUPPORTED_VERSIONS if v in offered]
+    if subprotocol is not None:
+        usable = [v for v in usable if v <= subprotocol] or usable
+    if not usable:
+        raise StompProtocolError(
+            "unsupported version",
+            detail="supported versions are " + ",".join(SUPPORTED_VERSIONS),
+        )
+    return usable[-1]
+
+
+_REQUIRED: dict[Command, tuple[str, ...]] = {
+    Command.SEND: ("destination",),
+    Command.SUBSCRIBE: ("destination",),
+    Command.BEGIN: ("transaction",),
+    Command.COMMIT: ("transaction",),
+    Command.ABORT: ("transaction",),
+}
+
+
+@dataclass(slots=True)
+class _Transaction:
+    frames: list[Frame] = field(default_factory=list)
+
+
+class StompConnection:
+    """One client's STOMP session, from the first byte to the last."""
+
+    def __init__(
+        self,
+        limits: Limits = Limits(),
+        *,
+        server_heartbeat_ms: int = 10000,
+        subprotocol: Version | None = None,
+        now: float = 0.0,
+    ) -> None:
+        self.limits = limits
+        self.state = State.AWAITING_CONNECT
+        self.version = subprotocol or Version.V1_2
+        self.session_id = secrets.token_urlsafe(12)
+        self.heart_beats = HeartBeats(0, 0)
+        self.last_received = now
+        self.subscriptions: dict[str, Subscription] = {}
+        self._server_heartbeat_ms = server_heartbeat_ms
+        self._subprotocol = subprotocol
+        self._parser = FrameParser(limits.parser, self.version)
+        self._unacked: OrderedDict[str, Subscription] = OrderedDict()
+        self._transactions: dict[str, _Transaction] = {}
+        self._message_counter = 0
+
+    # --- input --------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        self.last_received = now
+        if self.state is not State.CLOSED:
+            self._parser.feed(data)
+
+    def events_received(self) -> Iterator[Frame]:
+        """Complete frames the current state accepts; raises on the first that breaks a rule."""
+        for frame in self._parser.frames():
+            if self.state is State.CLOSED:
+                return  # BAD_INPUTS P19: frames after DISCONNECT are ignored
+            if frame.command not in ALLOWED[self.state]:
+                raise self._error(frame, _refusal(self.state, frame.command))
+            self._check_required_headers(frame)
+            yield frame
+
+    def _check_required_headers(self, frame: Frame) -> None:
+        for name in _REQUIRED.get(frame.command, ()):
+            if not frame.get(name):
+                raise self._error(frame, f"Missing {name}")
+        if frame.command is Command.SUBSCRIBE and self.version is not Version.V1_0:
+            if not frame.get("id"):
+                raise self._error(frame, "Missing id")
+        if frame.command is Command.UNSUBSCRIBE and not (
+            frame.get("id") or (self.version is Version.V1_0 and frame.get("destination"))
+        ):
+            raise self._error(frame, "Missing id")
+
+    @staticmethod
+    def _error(
+        frame: Frame, message: str, close_code: CloseCode = CloseCode.PROTOCOL_ERROR
+    ) -> StompProtocolError:
+        return StompProtocolError(message, close_code=close_code, receipt_id=frame.get("receipt"))
+
+    def refuse(
+        self, frame: Frame, message: str, close_code: CloseCode = CloseCode.PROTOCOL_ERROR
+    ) -> StompProtocolError:
+        """A protocol error about `frame`, carrying its receipt id; for the caller to raise."""
+        return self._error(frame, message, close_code)
+
+    # --- CONNECT ------------------------------------------------------------------------------
+
+    def accept(self, frame: Frame, user: str) -> bytes:
+        """Negotiate and answer CONNECT/STOMP for an authenticated user; returns CONNECTED."""
+        if self.state is not State.AWAITING_CONNECT:
+            raise InvalidState("accept() after the connection was established")
+        version = negotiate_version(frame.get("accept-version"), self._subprotocol)
+        self.heart_beats = negotiate_heart_beats(
+            self._server_heartbeat_ms, parse_heart_beat(frame.get("heart-beat"))
+        )
+        self.version = version
+        self._parser.version = version
+        self.state = State.CONNECTED
+        hb = self._server_heartbeat_ms
+        return self.encode(
+            Frame(
+                Command.CONNECTED,
+                (
+                    ("version", version.value),
+                    ("session", self.session_id),
+                    ("server", SERVER_NAME),
+                    ("heart-beat", f"{hb},{hb}"),
+                    ("user-name", user),
+                ),
+            )
+        )
+
+    # --- output -------------------------------------------------------------------------------
+
+    def encode(self, frame: Frame) -> bytes:
+        return encode(frame, self.version)
+
+    def receipt(self, frame: Frame) -> bytes | None:
+        receipt_id = frame.get("receipt")
+        if receipt_id is None:
+            return None
+        return self.encode(Frame(Command.RECEIPT, (("receipt-id", receipt_id),)))
+
+    def error(self, exc: StompProtocolError) -> bytes:
+        """The ERROR frame for a protocol error; afterwards the connection is closed."""
+        headers: list[tuple[str, str]] = [("message", exc.message)]
+        if exc.receipt_id is not None:
+            headers.append(("receipt-id", exc.receipt_id))
+        if self.state is State.AWAITING_CONNECT:
+            # Tell a client that failed negotiation which versions would have worked.
+            headers.append(("version", ",".join(SUPPORTED_VERSIONS)))
+        headers.append(("content-type", "text/plain"))
+        body = (exc.detail or exc.message).encode("utf-8")
+        self.state = State.CLOSED
+        return self.encode(Frame(Command.ERROR, tuple(headers), body).with_content_length())
+
+    def disconnect(self) -> None:
+        self.state = State.CLOSED
+
+    def message_prefix(self, subscription: Subscription) -> bytes:
+        """The per-delivery headers of a MESSAGE: subscription, message-id and, if acked, ack."""
+        self._message_counter += 1
+        message_id = str(self._message_counter)
+        if subscription.ack is not AckMode.AUTO:
+            if len(self._unacked) >= self.limits.max_unacked:
+                raise StompProtocolError(
+                    "too many unacknowledged messages", close_code=CloseCode.POLICY_VIOLATION
+                )
+            self._unacked[message_id] = subscription
+            ack = b"ack:" + message_id.encode() + b"\n" if self.version is Version.V1_2 else b""
+            return subscription.prefix + b"message-id:" + message_id.encode() + b"\n" + ack
+        return subscription.prefix + b"message-id:" + message_id.encode() + b"\n"
+
+    def encode_user_headers(self, headers: Headers) -> bytes:
+        return encode_headers(headers, self.version)
+
+    # --- subscriptions ------------------------------------------------------------------------
+
+    def add_subscription(self, frame: Frame) -> Subscription:
+        destination = frame.get("destination") or ""
+        # STOMP 1.0 allows a SUBSCRIBE without id: the destination then names it.
+        sub_id = frame.get("id") or destination
+        if sub_id in self.subscriptions:
+            raise self._error(frame, "Duplicated subscription identifier")
+        if len(self.subscriptions) >= self.limits.max_subscriptions:
+            raise self._error(frame, "too many subscriptions", CloseCode.POLICY_VIOLATION)
+        raw_ack = frame.get("ack") or AckMode.AUTO.value
+        if raw_ack not in AckMode._value2member_map_:
+            raise self._error(frame, "unsupported ack mode")
+        subscription = Subscription(sub_id, destination, AckMode(raw_ack))
+        subscription.prefix = b"MESSAGE\nsubscription:" + escape(sub_id, self.version).encode() + b"\n"
+        self.subscriptions[sub_id] = subscription
+        return subscription
+
+    def remove_subscription(self, frame: Frame) -> Subscription:
+        sub_id = frame.get("id") or frame.get("destination") or ""
+        subscription = self.subscriptions.pop(sub_id, None)
+        if subscription is None:
+            raise self._error(frame, "unknown subscription")
+        self._forget_unacked(subscription)
+        return subscription
+
+    def drop_subscription(self, subscription: Subscription) -> None:
+        """End a subscription from the server's side (e.g. the user left the room)."""
+        if self.subscriptions.get(subscription.id) is subscription:
+            del self.subscriptions[subscription.id]
+            self._forget_unacked(subscription)
+
+    def _forget_unacked(self, subscription: Subscription) -> None:
+        for message_id in [m for m, s in self._unacked.items() if s is subscription]:
+            del self._unacked[message_id]
+
+    def acknowledge(self, frame: Frame) -> None:
+        """ACK or NACK: settle one message (client-individual) or all up to it (client)."""
+        if self.version is Version.V1_2:
+            message_id = frame.get("id")
+        else:
+            message_id = frame.get("message-id")
+        if not message_id:
+            raise self._error(frame, "Missing id" if self.version is Version.V1_2 else "Missing message-id")
+        subscription = self._unacked.get(message_id)
+        if subscription is None:
+            raise self._error(frame, "unknown message")
+        if subscription.ack is AckMode.CLIENT:
+            # STOMP 1.2: ACK in client mode is cumulative for that subscription.
+            for earlier in list(self._unacked):
+                if self._unacked[earlier] is subscription:
+                    del self._unacked[earlier]
+                if earlier == message_id:
+                    break
+        else:
+            del self._unacked[message_id]
+
+    @property
+    def unacked(self) -> int:
+        return len(self._unacked)
+
+    # --- transactions -------------------------------------------------------------------------
+
+    def begin(self, frame: Frame) -> None:
+        name = frame.get("transaction") or ""
+        if name in self._transactions:
+            raise self._error(frame, "transaction already begun")
+        if len(self._transactions) >= self.limits.max_transactions:
+            raise self._error(frame, "too many transactions", CloseCode.POLICY_VIOLATION)
+        self._transactions[name] = _Transaction()
+
+    def enlist(self, frame: Frame) -> bool:
+        """Hold a SEND/ACK/NACK that names a transaction until COMMIT; False if it names none."""
+        name = frame.get("transaction")
+        if name is None:
+            return False
+        transaction = self._transactions.get(name)
+        if transaction is None:
+            raise self._error(frame, "unknown transaction")
+        if len(transaction.frames) >= self.limits.max_transaction_frames:
+            raise self._error(frame, "transaction too large", CloseCode.POLICY_VIOLATION)
+        transaction.frames.append(frame)
+        return True
+
+    def commit(self, frame: Frame) -> list[Frame]:
+        """The frames the transaction held, to be processed now, in order."""
+        transaction = self._transactions.pop(frame.get("transaction") or "", None)
+        if transaction is None:
+            raise self._error(frame, "unknown transaction")
+        return transaction.frames
+
+    def abort(self, frame: Frame) -> None:
+        if self._transactions.pop(frame.get("transaction") or "", None) is None:
+            raise self._error(frame, "unknown transaction")
+
+    # --- time ---------------------------------------------------------------------------------
+
+    def peer_deadline(self, connect_timeout_s: float, started: float) -> float | None:
+        """When the peer's silence ends the connection (monotonic seconds), or None."""
+        if self.state is State.AWAITING_CONNECT:
+            return started + connect_timeout_s
+        if self.heart_beats.receive_ms:
+            return self.last_received + SILENCE_FACTOR * self.heart_beats.receive_ms / 1000
+        return None

@@ -1,0 +1,1 @@
+"""Durable storage of rooms, members and messages behind the `MessageStore` protocol."""

@@ -1,0 +1,72 @@
+"""The `MessageStore` protocol every database backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from chat_server.models import ChatMessage, NewMessage, PostResult, Room, RoomId, UserId
+
+
+class MessageStore(Protocol):
+    """Rooms, their members and their numbered messages.
+
+    Every method raises `chat_server.errors.StoreUnavailable` when the database cannot be used
+    (unreachable, timed out, read-only, disk full); domain refusals are `ChatError` subclasses.
+    """
+
+    async def create_direct_room(self, creator: UserId, other: UserId) -> Room:
+        """A 1:1 room of two distinct users; `RoomExists(room_id)` if the pair has one."""
+        ...
+
+    async def create_group_room(
+        self, creator: UserId, name: str, member_ids: Sequence[UserId]
+    ) -> Room:
+        """A group room whose members are the creator and `member_ids` (deduplicated)."""
+        ...
+
+    async def get_room(self, room_id: RoomId) -> Room | None: ...
+
+    async def rooms_of(self, user: UserId) -> list[Room]:
+        """The user's rooms, most recent activity first."""
+        ...
+
+    async def is_member(self, room_id: RoomId, user: UserId) -> bool: ...
+
+    async def add_member(self, room_id: RoomId, user: UserId) -> Room:
+        """Idempotent; `RoomNotFound` for an unknown room."""
+        ...
+
+    async def remove_member(self, room_id: RoomId, user: UserId) -> bool:
+        """True if the user was a member."""
+        ...
+
+    async def append_message(self, message: NewMessage) -> PostResult:
+        """Store a message, numbering it with the room's next `seq` in the same transaction.
+
+        A retried `client_message_id` (same room and sender) returns the stored row with
+        `created=False` and uses no `seq`. `RoomNotFound` / `NotAMember` refuse it.
+        Returns only after the transaction committed.
+        """
+        ...
+
+    async def messages(
+        self,
+        room_id: RoomId,
+        *,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int = 50,
+    ) -> list[ChatMessage]:
+        """By `seq` cursor: newest first, unless `after` is given (then oldest first)."""
+        ...
+
+    async def last_seq(self, room_id: RoomId) -> int:
+        """The highest `seq` stored in the room (0 for none or an unknown room)."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise `StoreUnavailable` unless the database answers."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""The aiohttp application: composition root, WebSocket endpoint and REST API."""

@@ -1,0 +1,87 @@
+"""create_app: the one composition root, where settings become concrete backends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from aiohttp import web
+
+from chat_server.auth import TokenAuthority, load_or_create_secret
+from chat_server.broker.base import Broker
+from chat_server.broker.memory import MemoryBroker
+from chat_server.chat import ChatService
+from chat_server.config import Settings
+from chat_server.fanout import Fanout
+from chat_server.store.sql import open_store
+from chat_server.store.urls import sqlite_path
+from chat_server.web.rest import api_routes, error_middleware
+from chat_server.web.services import SERVICES, SETTINGS, Connections, Services
+from chat_server.web.websocket import websocket_handler
+
+log = logging.getLogger(__name__)
+
+
+def build_broker(settings: Settings) -> Broker:
+    if settings.redis_url:
+        raise NotImplementedError("REDIS_URL: the Redis broker is not part of this build yet")
+    return MemoryBroker()
+
+
+async def _services(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    secret = load_or_create_secret(settings.jwt_secret, sqlite_path(settings.database_url))
+    store = await open_store(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        busy_timeout_ms=settings.db_busy_timeout_ms,
+        migrate=True,
+    )
+    broker = build_broker(settings)
+    fanout = Fanout(broker, store, gap_wait_s=settings.gap_wait_s)
+    await broker.start(fanout)
+    app[SERVICES] = Services(
+        settings=settings,
+        store=store,
+        broker=broker,
+        chat=ChatService(store, broker),
+        fanout=fanout,
+        tokens=TokenAuthority(secret),
+        connections=Connections(settings.max_connections_per_user, settings.max_connections_per_ip),
+    )
+    try:
+        yield
+    finally:
+        await fanout.close()
+        await broker.close()
+        await store.close()
+
+
+async def _close_sessions(app: web.Application) -> None:
+    """On shutdown: refuse new upgrades, close every socket with GOING_AWAY (1001)."""
+    services = app.get(SERVICES)
+    if services is None:
+        return
+    services.connections.accepting = False
+    for session in list(services.connections.sessions):
+        session.going_away()
+    if services.connections.sessions:
+        services.connections.idle.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                services.connections.idle.wait(), services.settings.shutdown_grace_s
+            )
+
+
+def create_app(settings: Settings | None = None) -> web.Application:
+    settings = settings or Settings.from_env()
+    app = web.Application(
+        client_max_size=settings.max_rest_body_bytes, middlewares=[error_middleware]
+    )
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_services)
+    app.on_shutdown.append(_close_sessions)
+    app.router.add_get("/ws", websocket_handler)
+    app.add_routes(api_routes)
+    return app

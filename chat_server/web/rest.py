@@ -1,0 +1,208 @@
+"""The JSON REST API under /api, plus /healthz and /readyz."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from chat_server.auth import AuthenticationFailed, bearer_token
+from chat_server.broker.base import BrokerState
+from chat_server.chat import ChatService
+from chat_server.errors import ChatError, StoreUnavailable
+from chat_server.models import MessageDraft, RoomId, UserId
+from chat_server.schemas import (
+    MAX_ID,
+    DirectRoomSchema,
+    GroupRoomSchema,
+    HistoryQuerySchema,
+    MemberSchema,
+    RoomMessageSchema,
+    load,
+    parse_json_object,
+)
+from chat_server.web.services import SERVICES
+
+log = logging.getLogger(__name__)
+
+api_routes = web.RouteTableDef()
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: How long a client should wait before retrying when the database is unavailable.
+RETRY_AFTER_S = "2"
+
+
+def json_response(body: dict[str, Any], status: int = 200) -> web.Response:
+    return web.json_response(body, status=status)
+
+
+def json_error(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> web.Response:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        error["details"] = details
+    return json_response({"error": error}, status=status)
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure leaves as a JSON error body with the right status; never a traceback."""
+    try:
+        return await handler(request)
+    except ChatError as refusal:
+        return json_error(refusal.status, refusal.code, refusal.message, refusal.details)
+    except StoreUnavailable:
+        response = json_error(503, "unavailable", "the database is unavailable; retry shortly")
+        response.headers["Retry-After"] = RETRY_AFTER_S
+        return response
+    except web.HTTPException as http:
+        if http.status < 400:
+            raise
+        code = _HTTP_CODES.get(http.status, "http_error")
+        response = json_error(http.status, code, http.reason)
+        if http.status == 405:
+            response.headers["Allow"] = http.headers.get("Allow", "")
+        return response
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return json_error(500, "internal_error", "internal error")
+
+
+class Unauthorized(ChatError):
+    code = "unauthorized"
+    status = 401
+
+
+class UnsupportedMediaType(ChatError):
+    code = "unsupported_media_type"
+    status = 415
+
+
+def _caller(request: web.Request) -> UserId:
+    token = bearer_token(request.headers.get("Authorization"))
+    if token is None:
+        raise Unauthorized("an Authorization: Bearer token is required")
+    try:
+        return request.app[SERVICES].tokens.verify(token).user_id
+    except AuthenticationFailed:
+        raise Unauthorized("authentication failed") from None
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("Content-Type must be application/json")
+    return parse_json_object(await request.read())
+
+
+def _room_id(request: web.Request) -> RoomId:
+    raw = request.match_info["room_id"]
+    # ASCII digits only, checked here rather than in the route: `\d` would take "٧" (R1, A4).
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 19) or not 0 < int(raw) <= MAX_ID:
+        raise web.HTTPNotFound()
+    return RoomId(int(raw))
+
+
+def _chat(request: web.Request) -> ChatService:
+    return request.app[SERVICES].chat
+
+
+@api_routes.post("/api/chat-rooms")
+async def create_room(request: web.Request) -> web.Response:
+    user = _caller(request)
+    body = await _json_body(request)
+    chat = _chat(request)
+    if "participantId" in body:
+        room = await chat.create_direct_room(user, load(DirectRoomSchema(), body))
+    else:
+        room = await chat.create_group_room(user, load(GroupRoomSchema(), body))
+    return json_response(room.to_json(), status=201)
+
+
+@api_routes.get("/api/chat-rooms")
+async def list_rooms(request: web.Request) -> web.Response:
+    rooms = await _chat(request).rooms_of(_caller(request))
+    return json_response({"rooms": [room.to_json() for room in rooms]})
+
+
+@api_routes.get("/api/chat-rooms/{room_id}")
+async def get_room(request: web.Request) -> web.Response:
+    room = await _chat(request).room(_caller(request), _room_id(request))
+    return json_response(room.to_json())
+
+
+@api_routes.get("/api/chat-rooms/{room_id}/messages")
+async def history(request: web.Request) -> web.Response:
+    user = _caller(request)
+    query = load(HistoryQuerySchema(), dict(request.query))
+    messages = await _chat(request).history(user, _room_id(request), query)
+    return json_response({"messages": [message.to_json() for message in messages]})
+
+
+@api_routes.post("/api/chat-rooms/{room_id}/messages")
+async def post_message(request: web.Request) -> web.Response:
+    user = _caller(request)
+    room_id = _room_id(request)
+    settings = request.app[SERVICES].settings
+    content, client_message_id = load(
+        RoomMessageSchema(max_content_bytes=settings.max_body_bytes), await _json_body(request)
+    )
+    result = await _chat(request).post(user, MessageDraft(room_id, content, client_message_id))
+    return json_response(result.message.to_json(), status=201 if result.created else 200)
+
+
+@api_routes.post("/api/chat-rooms/{room_id}/members")
+async def add_member(request: web.Request) -> web.Response:
+    user = _caller(request)
+    room_id = _room_id(request)
+    new_member = load(MemberSchema(), await _json_body(request))
+    room = await _chat(request).add_member(user, room_id, new_member)
+    return json_response(room.to_json())
+
+
+@api_routes.delete("/api/chat-rooms/{room_id}/members/{user_id}")
+async def remove_member(request: web.Request) -> web.Response:
+    user = _caller(request)
+    room_id = _room_id(request)
+    member = load(MemberSchema(), {"userId": request.match_info["user_id"]})
+    await _chat(request).remove_member(user, room_id, member)
+    return web.Response(status=204)
+
+
+@api_routes.get("/healthz")
+async def healthz(_request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+@api_routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    checks: dict[str, str] = {}
+    try:
+        await services.store.ping()
+        checks["database"] = "ok"
+    except StoreUnavailable:
+        checks["database"] = "unavailable"
+    broker_state = services.broker.state
+    checks["broker"] = "ok" if broker_state is BrokerState.CONNECTED else broker_state.value
+    if not services.connections.accepting:
+        checks["worker"] = "shutting down"
+    ready = all(value == "ok" for value in checks.values())
+    return json_response(
+        {"status": "ready" if ready else "unavailable", "checks": checks},
+        status=200 if ready else 503,
+    )
+

@@ -1,0 +1,135 @@
+"""GET /ws: the WebSocket endpoint; pumps bytes between the socket and a Session."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from aiohttp import WSMsgType, web
+
+from chat_server.session import Session
+from chat_server.stomp.connection import SUBPROTOCOLS
+from chat_server.stomp.frames import HEARTBEAT
+from chat_server.web.services import SERVICES, Services
+from chat_server.web.rest import json_error
+
+log = logging.getLogger(__name__)
+
+_MAX_OFFERED_PROTOCOLS = 16
+
+
+def choose_subprotocol(header: str | None) -> str | None:
+    """The highest STOMP version the client offers, whatever order it lists them in."""
+    if not header:
+        return None
+    offered = {p.strip() for p in header.split(",")[:_MAX_OFFERED_PROTOCOLS]}
+    known = [name for name in SUBPROTOCOLS if name in offered]
+    return max(known, key=lambda name: SUBPROTOCOLS[name]) if known else None
+
+
+def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
+    """Exact-match allow-list; same origin by default; no Origin: a non-browser client."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        # Browsers always send Origin on a WebSocket upgrade; auth is a token in CONNECT, never
+        # an ambient cookie, so a client without one gains nothing it could not do anyway.
+        return True
+    if allowed:
+        return origin in allowed
+    return origin == f"{request.scheme}://{request.host}"
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    settings = services.settings
+    connections = services.connections
+    if not connections.accepting:
+        return json_error(503, "shutting_down", "the server is shutting down")
+    if not origin_allowed(request, settings.allowed_origins):
+        return json_error(403, "origin_not_allowed", "this Origin may not open /ws")
+    ip = request.remote or "?"
+    if not connections.admit_ip(ip):
+        return json_error(429, "too_many_connections", "too many connections from this address")
+    try:
+        chosen = choose_subprotocol(request.headers.get("Sec-WebSocket-Protocol"))
+        ws = web.WebSocketResponse(
+            protocols=(chosen,) if chosen else (),
+            heartbeat=settings.ws_ping_s or None,
+            max_msg_size=settings.max_frame_bytes,
+            compress=False,
+        )
+        await ws.prepare(request)
+        session = Session(
+            chat=services.chat,
+            fanout=services.fanout,
+            tokens=services.tokens,
+            settings=settings,
+            subprotocol=SUBPROTOCOLS[chosen] if chosen else None,
+            admit_user=connections.admit_user,
+        )
+        connections.add(session)
+        try:
+            await _serve(ws, session, services)
+        finally:
+            session.release()
+            connections.discard(session)
+        return ws
+    finally:
+        connections.release_ip(ip)
+
+
+async def _serve(ws: web.WebSocketResponse, session: Session, services: Services) -> None:
+    writer = asyncio.create_task(_write(ws, session, services))
+    try:
+        await _read(ws, session)
+    finally:
+        if session.close_request is None:
+            session.outbox.discard()  # the peer went away first: nothing left to say
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+
+
+async def _read(ws: web.WebSocketResponse, session: Session) -> None:
+    while session.close_request is None:
+        deadline = session.read_deadline()
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            message = await ws.receive(timeout=timeout)
+        except TimeoutError:
+            session.timed_out()
+            return
+        if message.type is WSMsgType.TEXT:
+            await session.receive(message.data.encode("utf-8"))
+        elif message.type is WSMsgType.BINARY:
+            await session.receive(message.data)
+        else:  # CLOSE, CLOSING, CLOSED, ERROR (aiohttp already answered 1009, 1007, 1002)
+            return
+
+
+async def _write(ws: web.WebSocketResponse, session: Session, services: Services) -> None:
+    """The only writer of the socket: frames from the outbox, heart-beats when idle."""
+    stall = services.settings.send_stall_s or None
+    outbox = session.outbox
+    try:
+        while True:
+            interval = session.conn.heart_beats.send_ms / 1000 or None
+            data = await outbox.take(timeout=interval)
+            if data is None:
+                break
+            # STOMP 1.2: any byte counts as a heart-beat, so idle means "nothing sent".
+            await asyncio.wait_for(
+                ws.send_frame(data or HEARTBEAT, WSMsgType.TEXT), timeout=stall
+            )
+        request = session.close_request
+        if request is not None:
+            await asyncio.wait_for(ws.close(code=request.code, message=request.reason.encode()), stall)
+    except TimeoutError:
+        log.info("closing session %s: send stalled", session.conn.session_id)
+        session.going_away()
+        outbox.discard()
+        await ws.close(code=1008, message=b"slow consumer")
+    except (ConnectionResetError, RuntimeError):
+        outbox.discard()
+

@@ -1,0 +1,81 @@
+"""Shared fixtures: a server on a temp SQLite database, tokens, and STOMP clients."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from chat_server.auth import TokenAuthority
+from chat_server.config import Settings
+from chat_server.web.app import create_app
+from tests.stomp_client import StompClient
+
+SECRET = "test-secret-that-is-long-enough-for-hs256"
+
+AiohttpClient = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=f"sqlite:///{tmp_path}/chat.db",
+        jwt_secret=SECRET,
+        frames_per_s=0,  # tests of the frame budget turn it back on
+    )
+
+
+@pytest.fixture
+def tokens() -> TokenAuthority:
+    return TokenAuthority(SECRET)
+
+
+@pytest.fixture
+def auth(tokens: TokenAuthority) -> Callable[[str], dict[str, str]]:
+    def headers(user: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {tokens.mint(user)}"}
+
+    return headers
+
+
+@pytest.fixture
+async def client(aiohttp_client: AiohttpClient, settings: Settings) -> TestClient[Any, Any]:
+    return await aiohttp_client(create_app(settings))
+
+
+StompFactory = Callable[..., Awaitable[StompClient]]
+
+
+@pytest.fixture
+async def stomp(client: TestClient[Any, Any], tokens: TokenAuthority) -> AsyncIterator[StompFactory]:
+    """`await stomp("alice")`: a CONNECTed client; `await stomp(None)`: a raw socket."""
+    opened: list[StompClient] = []
+
+    async def open_client(user: str | None, *, protocols: tuple[str, ...] = ("v12.stomp",),
+                          **connect_headers: str) -> StompClient:
+        ws = await client.ws_connect("/ws", protocols=protocols)
+        stomp_client = StompClient(ws)
+        opened.append(stomp_client)
+        if user is not None:
+            await stomp_client.connect(tokens.mint(user), **connect_headers)
+        return stomp_client
+
+    yield open_client
+    for stomp_client in opened:
+        await stomp_client.ws.close()
+
+
+async def create_direct_room(client: TestClient[Any, Any], tokens: TokenAuthority,
+                             user: str, other: str) -> int:
+    response = await client.post(
+        "/api/chat-rooms", json={"participantId": other},
+        headers={"Authorization": f"Bearer {tokens.mint(user)}"},
+    )
+    assert response.status == 201, await response.text()
+    room_id: int = (await response.json())["id"]
+    return room_id
+
+
