@@ -53,7 +53,9 @@ class ChatService:
             await self._publish(room_topic(draft.room_id), encode_envelope(result.message))
         return result
 
-    async def history(self, user: UserId, room_id: RoomId, query: HistoryQuery) -> list[ChatMessage]:
+    async def history(
+        self, user: UserId, room_id: RoomId, query: HistoryQuery
+    ) -> list[ChatMessage]:
         await self._require_member(user, room_id)
         return await self._store.messages(
             room_id, before=query.before, after=query.after, limit=query.limit
@@ -129,4 +131,4 @@ class ChatService:
             await self._broker.publish(topic, payload)
         except Exception:
             self.publish_failures += 1
-            log.exception("publishing to %s failed; subscribers will catch up from the store", topic)
+            log.exception("publishing to %s failed; subscribers catch up from the store", topic)

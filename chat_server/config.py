@@ -73,23 +73,18 @@ class Settings:
                 values[name] = env[var]
         if env.get("CHAT_ALLOWED_ORIGINS"):
             values["allowed_origins"] = _split_origins(env["CHAT_ALLOWED_ORIGINS"])
+        sources = dict(plain)
         for spec in fields(cls):
             var = "CHAT_" + spec.name.upper()
             if spec.name not in plain and var in env and spec.name != "allowed_origins":
                 values[spec.name] = env[var]
+                sources[spec.name] = var
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls._coerced(values)
-
-    @classmethod
-    def _coerced(cls, values: Mapping[str, Any]) -> Settings:
         defaults = cls()
-        coerced: dict[str, Any] = {}
-        for spec in fields(cls):
-            if spec.name not in values:
-                continue
-            raw = values[spec.name]
-            default = getattr(defaults, spec.name)
-            coerced[spec.name] = _coerce(spec.name, raw, default)
+        coerced = {
+            name: _coerce(sources.get(name, name), raw, getattr(defaults, name))
+            for name, raw in values.items()
+        }
         return replace(defaults, **coerced)
 
 
@@ -106,5 +101,5 @@ def _coerce(name: str, raw: Any, default: Any) -> Any:
         if isinstance(default, tuple):
             return _split_origins(raw)
     except ValueError as exc:
-        raise ValueError(f"setting {name}: {raw!r} is not a valid value") from exc
+        raise ValueError(f"{name}: {raw!r} is not a valid value") from exc
     return raw

@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 from chat_server.broker.base import Broker, room_topic, user_topic
 from chat_server.errors import StoreUnavailable
@@ -107,8 +107,10 @@ class Fanout:
             if feed.last_seq is None:  # the first subscriber's attempt to open it failed
                 self.detach(tap)
                 raise StoreUnavailable(f"room {tap.room_id} could not be opened")
-        if resume_after is None or resume_after >= feed.last_seq:
-            tap.last_seq = feed.last_seq if resume_after is None else resume_after
+        position = feed.last_seq
+        assert position is not None
+        if resume_after is None or resume_after >= position:
+            tap.last_seq = position if resume_after is None else resume_after
             tap.live = True
             return
         tap.last_seq = resume_after

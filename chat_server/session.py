@@ -206,16 +206,14 @@ class Session:
             case Command.CONNECT | Command.STOMP:
                 await self._connect(frame)
             case Command.SEND:
-                if not self.conn.enlist(frame):
-                    await self._send(frame)
-                    return  # receipted by _send, only once the message is stored
+                await self._on_send(frame)
+                return  # receipted there: a SEND only once its message is stored
             case Command.SUBSCRIBE:
                 await self._subscribe(frame)
             case Command.UNSUBSCRIBE:
                 self._unsubscribe(self.conn.remove_subscription(frame))
             case Command.ACK | Command.NACK:
-                if not self.conn.enlist(frame):
-                    self.conn.acknowledge(frame)
+                self._on_ack(frame)
             case Command.BEGIN:
                 self.conn.begin(frame)
             case Command.COMMIT:
@@ -223,16 +221,30 @@ class Session:
             case Command.ABORT:
                 self.conn.abort(frame)
             case Command.DISCONNECT:
-                self._reply_receipt(frame)
-                self.close_request = CloseRequest(CloseCode.NORMAL, "disconnect")
-                self.conn.disconnect()
-                self.outbox.close()
+                self._disconnect(frame)
                 return
             case Command.CONNECTED | Command.MESSAGE | Command.RECEIPT | Command.ERROR:
                 raise self.conn.refuse(frame, "Bad command")  # the connection filters these
             case _:
                 assert_never(frame.command)
         self._reply_receipt(frame)
+
+    async def _on_send(self, frame: Frame) -> None:
+        if self.conn.enlist(frame):
+            self._reply_receipt(frame)
+        else:
+            await self._send(frame)
+
+    def _on_ack(self, frame: Frame) -> None:
+        if not self.conn.enlist(frame):
+            self.conn.acknowledge(frame)
+
+    def _disconnect(self, frame: Frame) -> None:
+        # Frames are handled in order, so everything before DISCONNECT is done: receipt it.
+        self._reply_receipt(frame)
+        self.close_request = CloseRequest(CloseCode.NORMAL, "disconnect")
+        self.conn.disconnect()
+        self.outbox.close()
 
     def _reply_receipt(self, frame: Frame) -> None:
         receipt = self.conn.receipt(frame)

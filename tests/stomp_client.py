@@ -84,8 +84,8 @@ class StompClient:
             while not self._frames:
                 message = await self.ws.receive()
                 if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                    data = message.data if isinstance(message.data, bytes) else message.data.encode()
-                    self._parser.feed(data)
+                    data = message.data
+                    self._parser.feed(data if isinstance(data, bytes) else data.encode())
                     self._frames.extend(self._parser.frames())
                 else:
                     self.close_code = self.ws.close_code

@@ -1,1 +1,1 @@
-"""STOMP 1.0, 1.1 and 1.2 without I/O: frames, an incremental parser, the connection state machine."""
+"""STOMP 1.0, 1.1 and 1.2 without I/O: frames, an incremental parser, the state machine."""

@@ -68,7 +68,7 @@ class AckMode(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    parser: ParserLimits = ParserLimits()
+    parser: ParserLimits = field(default_factory=ParserLimits)
     max_subscriptions: int = 50
     max_unacked: int = 1000
     max_transactions: int = 10
@@ -185,9 +185,13 @@ class StompConnection:
         for name in _REQUIRED.get(frame.command, ()):
             if not frame.get(name):
                 raise self._error(frame, f"Missing {name}")
-        if frame.command is Command.SUBSCRIBE and self.version is not Version.V1_0:
-            if not frame.get("id"):
-                raise self._error(frame, "Missing id")
+        # STOMP 1.0 lets SUBSCRIBE omit `id`; 1.1 and 1.2 require it.
+        if (
+            frame.command is Command.SUBSCRIBE
+            and self.version is not Version.V1_0
+            and not frame.get("id")
+        ):
+            raise self._error(frame, "Missing id")
         if frame.command is Command.UNSUBSCRIBE and not (
             frame.get("id") or (self.version is Version.V1_0 and frame.get("destination"))
         ):
@@ -290,7 +294,8 @@ class StompConnection:
         if raw_ack not in AckMode._value2member_map_:
             raise self._error(frame, "unsupported ack mode")
         subscription = Subscription(sub_id, destination, AckMode(raw_ack))
-        subscription.prefix = b"MESSAGE\nsubscription:" + escape(sub_id, self.version).encode() + b"\n"
+        escaped_id = escape(sub_id, self.version).encode()
+        subscription.prefix = b"MESSAGE\nsubscription:" + escaped_id + b"\n"
         self.subscriptions[sub_id] = subscription
         return subscription
 
@@ -314,12 +319,11 @@ class StompConnection:
 
     def acknowledge(self, frame: Frame) -> None:
         """ACK or NACK: settle one message (client-individual) or all up to it (client)."""
-        if self.version is Version.V1_2:
-            message_id = frame.get("id")
-        else:
-            message_id = frame.get("message-id")
+        # STOMP 1.2 acknowledges by the MESSAGE's `ack` header, sent as `id`; 1.0/1.1 by message-id.
+        id_header = "id" if self.version is Version.V1_2 else "message-id"
+        message_id = frame.get(id_header)
         if not message_id:
-            raise self._error(frame, "Missing id" if self.version is Version.V1_2 else "Missing message-id")
+            raise self._error(frame, f"Missing {id_header}")
         subscription = self._unacked.get(message_id)
         if subscription is None:
             raise self._error(frame, "unknown message")

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+
 from aiohttp import web
 
 from chat_server.auth import TokenAuthority, load_or_create_secret

@@ -12,8 +12,8 @@ from aiohttp import WSMsgType, web
 from chat_server.session import Session
 from chat_server.stomp.connection import SUBPROTOCOLS
 from chat_server.stomp.frames import HEARTBEAT
-from chat_server.web.services import SERVICES, Services
 from chat_server.web.rest import json_error
+from chat_server.web.services import SERVICES, Services
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,8 @@ async def _write(ws: web.WebSocketResponse, session: Session, services: Services
             )
         request = session.close_request
         if request is not None:
-            await asyncio.wait_for(ws.close(code=request.code, message=request.reason.encode()), stall)
+            closing = ws.close(code=request.code, message=request.reason.encode())
+            await asyncio.wait_for(closing, stall)
     except TimeoutError:
         log.info("closing session %s: send stalled", session.conn.session_id)
         session.going_away()

@@ -303,7 +303,7 @@ async def test_removed_member_stops_receiving_the_room(
     await bob.receipted(Command.SUBSCRIBE, {"destination": f"/queue/chat-rooms/{room}", "id": "r"})
     removed = await client.delete(f"/api/chat-rooms/{room}/members/bob", headers=alice_auth)
     assert removed.status == 204
-    frame, body = await bob.receive_message()
+    _, body = await bob.receive_message()
     assert body == {"type": "room_removed", "roomId": room}
 
     carol = await stomp("carol")

@@ -1,0 +1,125 @@
+"""The `chat-server` command as a user runs it: serve, token, migrate, in real processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from chat_server.__main__ import main
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "CHAT_JWT_SECRET"}
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path}/data/chat.db"
+    return env
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "chat_server", *args],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    env = cli_env(tmp_path)
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chat_server", "serve", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        _wait_for_port(port, process)
+        yield port, env
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=20)
+        assert process.returncode == 0, output
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)  # polling a port another process opens: no event to await
+    raise AssertionError("the server did not start listening within 30 s")
+
+
+async def test_served_process_accepts_tokens_from_the_token_command(
+    server: tuple[int, dict[str, str]], tmp_path: Path,
+) -> None:
+    port, env = server
+    minted = run_cli(env, "token", "alice")
+    assert minted.returncode == 0, minted.stderr
+    token = minted.stdout.strip()
+    assert minted.stdout.count("\n") == 1 and token.count(".") == 2
+
+    secret_file = tmp_path / "data" / "chat.db.jwt-secret"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+        health = await http.get("/healthz")
+        assert health.status == 200
+        created = await http.post("/api/chat-rooms", json={"participantId": "bob"},
+                                  headers={"Authorization": f"Bearer {token}"})
+        assert created.status == 201
+        assert (await created.json())["memberIds"] == ["alice", "bob"]
+
+
+def test_token_command_honours_the_configured_secret(tmp_path: Path) -> None:
+    env = {**cli_env(tmp_path), "CHAT_JWT_SECRET": "configured-secret-configured-secret"}
+    minted = run_cli(env, "token", "bob", "--ttl", "60")
+    assert minted.returncode == 0
+    from chat_server.auth import TokenAuthority
+
+    identity = TokenAuthority("configured-secret-configured-secret").verify(minted.stdout.strip())
+    assert identity.user_id == "bob"
+    assert identity.expires_at is not None and identity.expires_at - time.time() < 120
+    assert not (tmp_path / "data" / "chat.db.jwt-secret").exists()
+
+
+def test_token_command_requires_a_secret_for_postgresql(tmp_path: Path) -> None:
+    env = {**cli_env(tmp_path), "DATABASE_URL": "postgres://u@localhost/db"}
+    result = run_cli(env, "token", "bob")
+    assert result.returncode == 2
+    assert "CHAT_JWT_SECRET" in result.stderr
+    assert result.stdout == ""
+
+
+def test_migrate_creates_the_schema(tmp_path: Path) -> None:
+    result = run_cli(cli_env(tmp_path), "migrate")
+    assert result.returncode == 0, result.stderr
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "data" / "chat.db") as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert {"rooms", "room_members", "messages"} <= tables
+
+
+def test_bad_setting_is_reported_not_raised(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHAT_MAX_FRAME_BYTES", "lots")
+    assert main(["token", "alice"]) == 2
+    assert "CHAT_MAX_FRAME_BYTES: 'lots' is not a valid value" in capsys.readouterr().err
