@@ -1,0 +1,73 @@
+"""Apply the Alembic migrations to head, in code, through the async engine."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Final
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from chat_server.store.sql import build_engine, for_writes, unavailable_on_failure
+
+MIGRATIONS_DIR: Final = pathlib.Path(__file__).resolve().parent / "migrations"
+
+# pg_advisory_xact_lock key: workers that start together migrate one after another.
+_PG_MIGRATION_LOCK: Final = 0x63686174_6D696772  # "chatmigr"
+
+
+def alembic_config() -> Config:
+    """The Alembic configuration, built in code: no alembic.ini is needed at run time."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
+    return config
+
+
+def head_revision() -> str | None:
+    """The newest revision shipped with this package."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The revision the database is at (None before the first migration)."""
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def _upgrade(connection: Connection) -> None:
+    config = alembic_config()
+    # env.py runs the migrations on this connection, inside our transaction.
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+async def migrate(database_url: str, *, busy_timeout_ms: int = 5000) -> None:
+    """Bring the database to the newest schema; a no-op when it already is.
+
+    Raises `StoreUnavailable` when the database cannot be reached or written.
+    """
+    # Foreign keys off on SQLite: batch migrations rebuild tables, and dropping the old copy
+    # would otherwise cascade deletes into child tables. foreign_key_check verifies after.
+    engine = build_engine(
+        database_url, pool_size=1, busy_timeout_ms=busy_timeout_ms, foreign_keys=False
+    )
+    try:
+        with unavailable_on_failure():
+            # One transaction for the whole upgrade (both databases have transactional DDL),
+            # begun IMMEDIATE on SQLite so that concurrent migrators queue instead of failing.
+            async with for_writes(engine).begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    await conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
+                    )
+                await conn.run_sync(_upgrade)
+                if conn.dialect.name == "sqlite":
+                    broken = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all()
+                    if broken:
+                        raise RuntimeError(f"migration left dangling foreign keys: {broken!r}")
+    finally:
+        await engine.dispose()

@@ -1,0 +1,562 @@
+"""`SqlStore`: the `MessageStore` over SQLAlchemy Core, for SQLite (aiosqlite) and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, Final
+
+import orjson
+from sqlalchemy import (
+    BigInteger,
+    Row,
+    Text,
+    and_,
+    delete,
+    event,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from chat_server.errors import NotAMember, RoomExists, RoomNotFound, StoreUnavailable
+from chat_server.models import (
+    ChatMessage,
+    MessageId,
+    NewMessage,
+    PostResult,
+    Room,
+    RoomId,
+    RoomKind,
+    UserHeaders,
+    UserId,
+)
+from chat_server.store.schema import db_now_ms, messages, room_members, rooms
+from chat_server.store.urls import engine_url, sqlite_path
+
+#: Execution option naming the `BEGIN` flavour our SQLite `begin` hook emits.
+SQLITE_BEGIN_OPTION: Final = "chat_server_sqlite_begin"
+_SQLITE_BEGIN_MODES: Final = frozenset({"DEFERRED", "IMMEDIATE"})
+
+#: Longest wait for a pooled connection before the request is refused (no unbounded queue).
+POOL_TIMEOUT_S: Final = 5.0
+#: PostgreSQL: connecting, and any one statement, may take at most this long.
+PG_CONNECT_TIMEOUT_S: Final = 5.0
+PG_COMMAND_TIMEOUT_S: Final = 30.0
+
+# What a broken, busy, full or unreachable database raises; `IntegrityError` is handled
+# before this wherever it has a domain meaning.
+_DATABASE_FAILURES: Final[tuple[type[BaseException], ...]] = (
+    SQLAlchemyError,
+    sqlite3.Error,
+    OSError,  # includes ConnectionError and TimeoutError
+)
+
+
+@contextmanager
+def unavailable_on_failure() -> Iterator[None]:
+    """Re-raise any database failure as `StoreUnavailable` (the cause stays chained)."""
+    try:
+        yield
+    except _DATABASE_FAILURES as exc:
+        # The message names the kind only: driver text may carry SQL and parameters.
+        raise StoreUnavailable(f"database unavailable ({type(exc).__name__})") from exc
+
+
+def _use_wal(cursor: Any, attempts: int = 5) -> None:
+    """Put the database file in WAL mode: readers never block the writer nor wait for it.
+
+    The mode is persistent, so normally this only reads it. Switching needs an exclusive lock
+    and fails at once, without the busy handler, while another connection (another worker
+    starting at the same moment) is switching too; then wait for that one and look again.
+    """
+    for _ in range(attempts):
+        cursor.execute("PRAGMA journal_mode")
+        if cursor.fetchone()[0] == "wal":
+            return
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError:
+            # BEGIN IMMEDIATE does honour busy_timeout: it returns once the other is done.
+            cursor.execute("BEGIN IMMEDIATE")
+            cursor.execute("ROLLBACK")
+            continue
+        if cursor.fetchone()[0] == "wal":
+            return
+    raise sqlite3.OperationalError("could not switch the database to WAL mode")
+
+
+def _install_sqlite_hooks(engine: AsyncEngine, busy_timeout_ms: int, foreign_keys: bool) -> None:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take BEGIN away from the driver: it would start transactions lazily, before DML only,
+        # and always DEFERRED. The `begin` hook below emits the right one instead.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            # busy_timeout first: switching to WAL may itself have to wait for a lock.
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            _use_wal(cursor)
+            # FULL: the WAL is synced at every commit, so a receipted message survives power loss.
+            cursor.execute("PRAGMA synchronous = FULL")
+            cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
+        finally:
+            cursor.close()
+
+    def on_begin(conn: Connection) -> None:
+        # IMMEDIATE takes the write lock up front, waiting up to busy_timeout for it, so a
+        # read-then-write transaction can never fail half-way with SQLITE_BUSY(_SNAPSHOT).
+        # Reads stay DEFERRED and never take the write lock.
+        mode = conn.get_execution_options().get(SQLITE_BEGIN_OPTION, "DEFERRED")
+        if mode not in _SQLITE_BEGIN_MODES:
+            raise ValueError(f"unknown SQLite BEGIN mode {mode!r}")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    event.listen(engine.sync_engine, "connect", on_connect)
+    event.listen(engine.sync_engine, "begin", on_begin)
+
+
+def build_engine(
+    database_url: str,
+    *,
+    pool_size: int = 10,
+    busy_timeout_ms: int = 5000,
+    foreign_keys: bool = True,
+) -> AsyncEngine:
+    """An async engine for a contract `DATABASE_URL`, with our per-connection SQLite settings.
+
+    `foreign_keys=False` is for migrations only: SQLite batch table rebuilds would otherwise
+    cascade deletes into child tables.
+    """
+    url = engine_url(database_url)
+    path = sqlite_path(database_url)
+    if path is None:
+        return create_async_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=0,
+            pool_timeout=POOL_TIMEOUT_S,
+            # A connection broken by a restart or failover is replaced, not handed out.
+            pool_pre_ping=True,
+            connect_args={
+                "timeout": PG_CONNECT_TIMEOUT_S,
+                "command_timeout": PG_COMMAND_TIMEOUT_S,
+                "server_settings": {"application_name": "chat_server"},
+            },
+        )
+    with unavailable_on_failure():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=POOL_TIMEOUT_S,
+        connect_args={"timeout": busy_timeout_ms / 1000},
+    )
+    _install_sqlite_hooks(engine, busy_timeout_ms, foreign_keys)
+    return engine
+
+
+def for_writes(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine (and pool), whose transactions start with `BEGIN IMMEDIATE` on SQLite."""
+    return engine.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+
+
+def direct_key(a: UserId, b: UserId) -> str:
+    """The normalised pair that makes a direct room unique in the schema."""
+    low, high = sorted((a, b))
+    return f"{low}\n{high}"
+
+
+def _encode_headers(headers: UserHeaders) -> str:
+    return orjson.dumps([list(pair) for pair in headers]).decode()
+
+
+def _decode_headers(raw: str) -> UserHeaders:
+    return tuple((str(name), str(value)) for name, value in orjson.loads(raw))
+
+
+def _to_message(row: Row[Any]) -> ChatMessage:
+    return ChatMessage(
+        id=MessageId(row.id),
+        room_id=RoomId(row.room_id),
+        seq=row.seq,
+        sender_id=UserId(row.sender_id),
+        content=row.content,
+        created_at_ms=row.created_at_ms,
+        client_message_id=row.client_message_id,
+        headers=_decode_headers(row.headers),
+    )
+
+
+def _to_room(row: Row[Any], member_ids: Iterable[str]) -> Room:
+    return Room(
+        id=RoomId(row.id),
+        kind=RoomKind(row.kind),
+        name=row.name,
+        created_by=UserId(row.created_by),
+        member_ids=tuple(sorted(UserId(member) for member in member_ids)),
+        created_at_ms=row.created_at_ms,
+        last_activity_ms=row.last_activity_ms,
+    )
+
+
+def _room_not_found(room_id: RoomId) -> RoomNotFound:
+    return RoomNotFound("room not found", {"roomId": room_id})
+
+
+class SqlStore:
+    """Rooms, members and numbered messages in SQLite or PostgreSQL."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._writer = for_writes(engine)
+        self._is_sqlite = engine.dialect.name == "sqlite"
+        # SQLite has one writer at a time anyway: queueing this process's writers here spares
+        # them the busy handler's sleep-and-retry. BEGIN IMMEDIATE still orders other processes.
+        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self._is_sqlite else None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncConnection]:
+        async with self._engine.connect() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncConnection]:
+        """One write transaction: committed on exit, rolled back on any exception."""
+        if self._write_lock is None:
+            async with self._writer.begin() as conn:
+                yield conn
+        else:
+            async with self._write_lock, self._writer.begin() as conn:
+                yield conn
+
+    # --- rooms -------------------------------------------------------------------------------
+
+    async def _load_room(self, conn: AsyncConnection, room_id: RoomId) -> Room | None:
+        row = (await conn.execute(select(rooms).where(rooms.c.id == room_id))).one_or_none()
+        if row is None:
+            return None
+        members = await conn.scalars(
+            select(room_members.c.user_id).where(room_members.c.room_id == room_id)
+        )
+        return _to_room(row, members.all())
+
+    async def _insert_room(
+        self,
+        conn: AsyncConnection,
+        *,
+        kind: RoomKind,
+        name: str | None,
+        creator: UserId,
+        member_ids: Sequence[UserId],
+        key: str | None,
+    ) -> Room:
+        # The clock is read once (in a subquery) so created_at and last_activity are equal;
+        # PostgreSQL's clock_timestamp() would differ between two calls in one statement.
+        clock = select(db_now_ms().label("now_ms")).subquery()
+        source = select(
+            literal(kind.value, Text),
+            literal(name, Text),
+            literal(creator, Text),
+            clock.c.now_ms,
+            clock.c.now_ms,
+            literal(0, BigInteger),
+            literal(key, Text),
+        )
+        columns = [
+            "kind",
+            "name",
+            "created_by",
+            "created_at_ms",
+            "last_activity_ms",
+            "last_seq",
+            "direct_key",
+        ]
+        row = (
+            await conn.execute(insert(rooms).from_select(columns, source).returning(*rooms.c))
+        ).one()
+        await conn.execute(
+            insert(room_members),
+            [
+                {"room_id": row.id, "user_id": member, "joined_at_ms": row.created_at_ms}
+                for member in member_ids
+            ],
+        )
+        return _to_room(row, member_ids)
+
+    async def _direct_room_id(self, conn: AsyncConnection, key: str) -> RoomId | None:
+        found = await conn.scalar(select(rooms.c.id).where(rooms.c.direct_key == key))
+        return None if found is None else RoomId(found)
+
+    async def create_direct_room(self, creator: UserId, other: UserId) -> Room:
+        if creator == other:
+            raise ValueError("a direct room needs two distinct users")
+        key = direct_key(creator, other)
+        with unavailable_on_failure():
+            try:
+                async with self._writing() as conn:
+                    existing = await self._direct_room_id(conn, key)
+                    if existing is not None:
+                        raise RoomExists(existing)
+                    return await self._insert_room(
+                        conn,
+                        kind=RoomKind.DIRECT,
+                        name=None,
+                        creator=creator,
+                        member_ids=(creator, other),
+                        key=key,
+                    )
+            except IntegrityError:
+                # A concurrent create of the same pair committed first (PostgreSQL; on SQLite
+                # BEGIN IMMEDIATE already serialised us behind it).
+                async with self._reading() as conn:
+                    existing = await self._direct_room_id(conn, key)
+                if existing is None:
+                    raise
+                raise RoomExists(existing) from None
+
+    async def create_group_room(
+        self, creator: UserId, name: str, member_ids: Sequence[UserId]
+    ) -> Room:
+        members = list(dict.fromkeys([creator, *member_ids]))
+        with unavailable_on_failure():
+            async with self._writing() as conn:
+                return await self._insert_room(
+                    conn,
+                    kind=RoomKind.GROUP,
+                    name=name,
+                    creator=creator,
+                    member_ids=members,
+                    key=None,
+                )
+
+    async def get_room(self, room_id: RoomId) -> Room | None:
+        with unavailable_on_failure():
+            async with self._reading() as conn:
+                return await self._load_room(conn, room_id)
+
+    async def rooms_of(self, user: UserId) -> list[Room]:
+        mine = select(room_members.c.room_id).where(room_members.c.user_id == user)
+        with unavailable_on_failure():
+            async with self._reading() as conn:
+                room_rows = (
+                    await conn.execute(
+                        select(rooms)
+                        .where(rooms.c.id.in_(mine))
+                        .order_by(rooms.c.last_activity_ms.desc(), rooms.c.id.desc())
+                    )
+                ).all()
+                member_rows = (
+                    await conn.execute(
+                        select(room_members.c.room_id, room_members.c.user_id).where(
+                            room_members.c.room_id.in_(mine)
+                        )
+                    )
+                ).all()
+        members: dict[int, list[str]] = {}
+        for member in member_rows:
+            members.setdefault(member.room_id, []).append(member.user_id)
+        return [_to_room(row, members.get(row.id, ())) for row in room_rows]
+
+    # --- membership --------------------------------------------------------------------------
+
+    async def _has_member(self, conn: AsyncConnection, room_id: RoomId, user: UserId) -> bool:
+        found = await conn.scalar(
+            select(room_members.c.user_id).where(
+                room_members.c.room_id == room_id, room_members.c.user_id == user
+            )
+        )
+        return found is not None
+
+    async def is_member(self, room_id: RoomId, user: UserId) -> bool:
+        with unavailable_on_failure():
+            async with self._reading() as conn:
+                return await self._has_member(conn, room_id, user)
+
+    async def add_member(self, room_id: RoomId, user: UserId) -> Room:
+        values = {"room_id": room_id, "user_id": user, "joined_at_ms": db_now_ms()}
+        dialect_insert = sqlite_dialect.insert if self._is_sqlite else pg_dialect.insert
+        # ON CONFLICT DO NOTHING: adding a member twice is a no-op, with no failed statement
+        # (which would abort the whole transaction on PostgreSQL).
+        add = dialect_insert(room_members).values(values).on_conflict_do_nothing()
+        with unavailable_on_failure():
+            async with self._writing() as conn:
+                if await conn.scalar(select(rooms.c.id).where(rooms.c.id == room_id)) is None:
+                    raise _room_not_found(room_id)
+                await conn.execute(add)
+                room = await self._load_room(conn, room_id)
+        if room is None:  # pragma: no cover - the row was read in this very transaction
+            raise _room_not_found(room_id)
+        return room
+
+    async def remove_member(self, room_id: RoomId, user: UserId) -> bool:
+        with unavailable_on_failure():
+            async with self._writing() as conn:
+                result = await conn.execute(
+                    delete(room_members).where(
+                        room_members.c.room_id == room_id, room_members.c.user_id == user
+                    )
+                )
+        return result.rowcount > 0
+
+    # --- messages ----------------------------------------------------------------------------
+
+    async def _find_retry(self, conn: AsyncConnection, message: NewMessage) -> ChatMessage | None:
+        row = (
+            await conn.execute(
+                select(messages).where(
+                    messages.c.room_id == message.room_id,
+                    messages.c.sender_id == message.sender_id,
+                    messages.c.client_message_id == message.client_message_id,
+                )
+            )
+        ).one_or_none()
+        return None if row is None else _to_message(row)
+
+    async def _append(self, message: NewMessage) -> PostResult:
+        async with self._writing() as conn:
+            if message.client_message_id is not None:
+                existing = await self._find_retry(conn, message)
+                if existing is not None:
+                    return PostResult(existing, created=False)
+            membership = (
+                await conn.execute(
+                    select(rooms.c.id, room_members.c.user_id)
+                    .select_from(
+                        rooms.outerjoin(
+                            room_members,
+                            and_(
+                                room_members.c.room_id == rooms.c.id,
+                                room_members.c.user_id == message.sender_id,
+                            ),
+                        )
+                    )
+                    .where(rooms.c.id == message.room_id)
+                )
+            ).one_or_none()
+            if membership is None:
+                raise _room_not_found(message.room_id)
+            if membership.user_id is None:
+                raise NotAMember("not a member of this room", {"roomId": message.room_id})
+            # The row lock (PostgreSQL) or the write lock (SQLite) serialises this per room, and
+            # a rollback returns the number: seqs are 1, 2, 3, ... with no holes.
+            numbered = (
+                await conn.execute(
+                    update(rooms)
+                    .where(rooms.c.id == message.room_id)
+                    .values(last_seq=rooms.c.last_seq + 1, last_activity_ms=db_now_ms())
+                    .returning(rooms.c.last_seq, rooms.c.last_activity_ms)
+                )
+            ).one()
+            message_id = await conn.scalar(
+                insert(messages)
+                .values(
+                    room_id=message.room_id,
+                    seq=numbered.last_seq,
+                    sender_id=message.sender_id,
+                    content=message.content,
+                    client_message_id=message.client_message_id,
+                    headers=_encode_headers(message.headers),
+                    created_at_ms=numbered.last_activity_ms,
+                )
+                .returning(messages.c.id)
+            )
+        # Only now, after the commit, is the message durable.
+        stored = ChatMessage(
+            id=MessageId(int(message_id)),
+            room_id=message.room_id,
+            seq=numbered.last_seq,
+            sender_id=message.sender_id,
+            content=message.content,
+            created_at_ms=numbered.last_activity_ms,
+            client_message_id=message.client_message_id,
+            headers=message.headers,
+        )
+        return PostResult(stored, created=True)
+
+    async def append_message(self, message: NewMessage) -> PostResult:
+        with unavailable_on_failure():
+            try:
+                return await self._append(message)
+            except IntegrityError:
+                # A concurrent retry of the same client_message_id committed first; ours was
+                # rolled back, its seq with it.
+                if message.client_message_id is None:
+                    raise
+                async with self._reading() as conn:
+                    existing = await self._find_retry(conn, message)
+                if existing is None:
+                    raise
+                return PostResult(existing, created=False)
+
+    async def messages(
+        self,
+        room_id: RoomId,
+        *,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int = 50,
+    ) -> list[ChatMessage]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        query = select(messages).where(messages.c.room_id == room_id)
+        if before is not None:
+            query = query.where(messages.c.seq < before)
+        if after is not None:
+            query = query.where(messages.c.seq > after).order_by(messages.c.seq.asc())
+        else:
+            query = query.order_by(messages.c.seq.desc())
+        with unavailable_on_failure():
+            async with self._reading() as conn:
+                rows = (await conn.execute(query.limit(limit))).all()
+        return [_to_message(row) for row in rows]
+
+    async def last_seq(self, room_id: RoomId) -> int:
+        with unavailable_on_failure():
+            async with self._reading() as conn:
+                found = await conn.scalar(select(rooms.c.last_seq).where(rooms.c.id == room_id))
+        return 0 if found is None else int(found)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        with unavailable_on_failure():
+            async with self._reading() as conn:
+                await conn.execute(select(1))
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+
+async def open_store(
+    database_url: str,
+    *,
+    pool_size: int = 10,
+    busy_timeout_ms: int = 5000,
+    migrate: bool = False,
+) -> SqlStore:
+    """A `SqlStore` for a contract `DATABASE_URL`; `migrate=True` first applies migrations.
+
+    Raises ValueError for an unsupported URL and `StoreUnavailable` when `migrate` cannot
+    reach the database. Without `migrate` nothing connects until the first call.
+    """
+    if migrate:
+        # Imported here: Alembic is only needed when migrating (and migrate.py uses this module).
+        from chat_server.store.migrate import migrate as apply_migrations
+
+        await apply_migrations(database_url, busy_timeout_ms=busy_timeout_ms)
+    return SqlStore(
+        build_engine(database_url, pool_size=pool_size, busy_timeout_ms=busy_timeout_ms)
+    )
