@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from chat_server.broker.base import Broker, room_topic, user_topic
-from chat_server.errors import Forbidden, RoomNotFound, ValidationFailed
+from chat_server.errors import Forbidden, NotAMember, RoomNotFound, ValidationFailed
 from chat_server.models import (
     ChatMessage,
     GroupRoomRequest,
@@ -45,9 +45,13 @@ class ChatService:
 
         A retried `clientMessageId` returns the stored message and is not published again.
         """
-        result = await self._store.append_message(
-            NewMessage(draft.room_id, sender, draft.content, draft.client_message_id, headers)
-        )
+        try:
+            result = await self._store.append_message(
+                NewMessage(draft.room_id, sender, draft.content, draft.client_message_id, headers)
+            )
+        except RoomNotFound:
+            # Refuse a missing room exactly like someone else's room: existence never leaks.
+            raise NotAMember(f"not a member of room {draft.room_id}") from None
         if result.created:
             self.stored += 1
             await self._publish(room_topic(draft.room_id), encode_envelope(result.message))

@@ -18,6 +18,7 @@ MAX_CLIENT_MESSAGE_ID = 128
 MAX_ROOM_NAME = 100
 MAX_GROUP_MEMBERS = 100
 MAX_HISTORY_LIMIT = 100
+ZERO_WIDTH_JOINER = "\u200d"
 # C0 controls other than tab and newline have no place in chat text (BAD_INPUTS F25, R11).
 _FORBIDDEN_CONTROLS = frozenset(chr(c) for c in range(0x20) if chr(c) not in "\t\n") | {"\x7f"}
 
@@ -55,15 +56,21 @@ class Name(Text):
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = unicodedata.normalize("NFC", super()._deserialize(value, attr, data, **kwargs))
-        if any(unicodedata.category(char) in {"Cf", "Cc", "Zl", "Zp"} for char in text):
+        if any(_hidden(char) for char in text):
             raise ValidationError("must not contain control or formatting characters")
         return text.strip()
+
+
+def _hidden(char: str) -> bool:
+    """Invisible or direction-changing characters; the zero-width joiner stays, as emoji
+    sequences like 👩‍👩‍👧 need it."""
+    return char != ZERO_WIDTH_JOINER and unicodedata.category(char) in {"Cf", "Cc", "Zl", "Zp"}
 
 
 class UserIdField(fields.String):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> UserId:
         text: str = super()._deserialize(value, attr, data, **kwargs)
-        if not valid_user_id(text) or any(unicodedata.category(c) == "Cf" for c in text):
+        if not valid_user_id(text) or any(_hidden(char) for char in text):
             raise ValidationError("must be a user id of 1-128 printable characters")
         return UserId(text)
 

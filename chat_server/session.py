@@ -28,7 +28,7 @@ from chat_server.outbox import Outbox, OutboxOverflow
 from chat_server.schemas import MessageSchema, load, parse_json_object
 from chat_server.stomp.connection import Limits, State, StompConnection, Subscription
 from chat_server.stomp.errors import CloseCode, StompProtocolError
-from chat_server.stomp.frames import Command, Frame, Version, encode_headers
+from chat_server.stomp.frames import Command, Frame, Version, encodable, encode_headers
 from chat_server.stomp.parser import ParserLimits
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,13 @@ def message_tail(delivery: Delivery, version: Version) -> bytes:
             ("destination", f"/queue/chat-rooms/{message.room_id}"),
             ("content-type", "application/json"),
             ("content-length", str(len(body))),
-            *message.headers,
+            # STOMP 1.0 cannot carry a line break in a header, 1.1 a carriage return: such a
+            # user header is left out for those subscribers rather than sent raw (BAD_INPUTS F24).
+            *(
+                (name, value)
+                for name, value in message.headers
+                if encodable(name, version, name=True) and encodable(value, version)
+            ),
         )
         tail = encode_headers(headers, version) + b"\n" + body + b"\0"
         delivery.encoded[version] = tail
@@ -318,7 +324,9 @@ class Session:
                     f"at most {self._settings.max_user_headers} x- headers"
                 )
             if len(value.encode("utf-8")) > self._settings.max_user_header_bytes:
-                raise ValidationFailed(f"header {name} is too long")
+                raise ValidationFailed(
+                    f"x- header values are at most {self._settings.max_user_header_bytes} bytes"
+                )
             chosen[name] = value
         return tuple(chosen.items())
 

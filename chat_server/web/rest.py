@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ from aiohttp import web
 from chat_server.auth import AuthenticationFailed, bearer_token
 from chat_server.broker.base import BrokerState
 from chat_server.chat import ChatService
-from chat_server.errors import ChatError, StoreUnavailable
+from chat_server.errors import ChatError, NotAMember, RoomNotFound, StoreUnavailable
 from chat_server.models import MessageDraft, RoomId, UserId
 from chat_server.schemas import (
     MAX_ID,
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 api_routes = web.RouteTableDef()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_ROOM_ID = re.compile(r"[1-9][0-9]{0,18}", re.ASCII)
 #: How long a client should wait before retrying when the database is unavailable.
 RETRY_AFTER_S = "2"
 
@@ -110,8 +112,8 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 def _room_id(request: web.Request) -> RoomId:
     raw = request.match_info["room_id"]
-    # ASCII digits only, checked here rather than in the route: `\d` would take "٧" (R1, A4).
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 19) or not 0 < int(raw) <= MAX_ID:
+    # The same exact rule as STOMP destinations; a route regex with `\d` would take "٧" (A4).
+    if _ROOM_ID.fullmatch(raw) is None or int(raw) > MAX_ID:
         raise web.HTTPNotFound()
     return RoomId(int(raw))
 
@@ -160,7 +162,11 @@ async def post_message(request: web.Request) -> web.Response:
     content, client_message_id = load(
         RoomMessageSchema(max_content_bytes=settings.max_body_bytes), await _json_body(request)
     )
-    result = await _chat(request).post(user, MessageDraft(room_id, content, client_message_id))
+    try:
+        result = await _chat(request).post(user, MessageDraft(room_id, content, client_message_id))
+    except NotAMember:
+        # The same answer as GET for someone else's room and for no room: existence never leaks.
+        raise RoomNotFound(f"no room {room_id} among yours") from None
     return json_response(result.message.to_json(), status=201 if result.created else 200)
 
 
