@@ -56,8 +56,23 @@ def _serve(settings: Settings) -> int:
 
     from chat_server.web.app import create_app
 
-    web.run_app(create_app(settings), host=settings.host, port=settings.port)
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop=_new_event_loop(),
+        shutdown_timeout=settings.shutdown_grace_s,
+    )
     return 0
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (it is a dependency off Windows), else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def _token(settings: Settings, user_id: str, ttl: int) -> int:

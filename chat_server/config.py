@@ -46,8 +46,12 @@ class Settings:
     db_busy_timeout_ms: int = 5000
     db_pool_size: int = 10
 
-    # Fan-out: how long a room waits for a missing `seq` before reading it from the database.
+    # Fan-out: how long a room waits for a missing `seq` before reading it from the database,
+    # and how often every watched room is compared with the database (lost publishes).
     gap_wait_s: float = 0.2
+    reconcile_interval_s: float = 5.0
+    redis_prefix: str = "chat:"
+    redis_ping_interval_s: float = 2.0
     shutdown_grace_s: float = 10.0
 
     def __post_init__(self) -> None:

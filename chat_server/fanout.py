@@ -79,13 +79,22 @@ class _Feed:
 class Fanout:
     """The worker's single `BrokerListener`: room feeds and user-event sinks."""
 
-    def __init__(self, broker: Broker, store: MessageStore, *, gap_wait_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        store: MessageStore,
+        *,
+        gap_wait_s: float = 0.2,
+        reconcile_interval_s: float = 5.0,
+    ) -> None:
         self._broker = broker
         self._store = store
         self._gap_wait_s = gap_wait_s
+        self._reconcile_interval_s = reconcile_interval_s
         self._feeds: dict[RoomId, _Feed] = {}
         self._users: dict[UserId, list[EventSink]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reconciler: asyncio.Task[None] | None = None
         self.delivered = 0
         self.gap_fills = 0
 
@@ -251,6 +260,34 @@ class Fanout:
         except Exception:  # one subscriber's bug must not stop the room for the others
             log.exception("a subscriber of room %s failed to take a message", tap.room_id)
 
+    # --- reconciliation --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._reconcile_interval_s > 0:
+            loop = asyncio.get_running_loop()
+            self._reconciler = loop.create_task(self._reconcile_forever())
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._reconcile_interval_s)
+            try:
+                await self.reconcile()
+            except Exception:
+                log.warning("reconciliation with the store failed; retrying", exc_info=True)
+
+    async def reconcile(self) -> None:
+        """Catch up every watched room the store is ahead of.
+
+        A message whose worker died between commit and publish reaches nobody through the
+        broker, and no later message may come to reveal the gap: this finds it (FAULTS).
+        """
+        open_feeds = {room: feed for room, feed in self._feeds.items() if feed.last_seq is not None}
+        stored = await self._store.last_seqs(list(open_feeds))
+        for room, last_seq in stored.items():
+            feed = open_feeds[room]
+            if feed.last_seq is not None and last_seq > feed.last_seq:
+                self._schedule_fill(feed, delay=0.0)
+
     # --- users --------------------------------------------------------------------------------
 
     async def watch_user(self, user: UserId, sink: EventSink) -> None:
@@ -282,15 +319,21 @@ class Fanout:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def close(self) -> None:
+    async def close(self, grace_s: float = 1.0) -> None:
+        """Stop reconciling and filling; let broker calls in flight (unsubscribes) finish."""
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconciler
         for feed in self._feeds.values():
             if feed.gap_timer is not None:
                 feed.gap_timer.cancel()
         self._feeds.clear()
         self._users.clear()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace_s)
         for task in list(self._tasks):
             task.cancel()
-        for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 

@@ -770,7 +770,7 @@ class TcpProxy:
     # ---- the public, thread-safe API
 
     @property
-    def url_host_port(self) -> tuple[str, int]:
+    def address(self) -> tuple[str, int]:
         return self.host, self.port
 
     @property

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
 from chat_server.models import ChatMessage, NewMessage, PostResult, Room, RoomId, UserId
@@ -63,6 +63,10 @@ class MessageStore(Protocol):
 
     async def last_seq(self, room_id: RoomId) -> int:
         """The highest `seq` stored in the room (0 for none or an unknown room)."""
+        ...
+
+    async def last_seqs(self, room_ids: Collection[RoomId]) -> dict[RoomId, int]:
+        """`last_seq` of many rooms in one query (rooms that do not exist are left out)."""
         ...
 
     async def ping(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Final
 
@@ -528,6 +528,20 @@ class SqlStore:
             async with self._reading() as conn:
                 found = await conn.scalar(select(rooms.c.last_seq).where(rooms.c.id == room_id))
         return 0 if found is None else int(found)
+
+    async def last_seqs(self, room_ids: Collection[RoomId]) -> dict[RoomId, int]:
+        ids = list(room_ids)
+        found: dict[RoomId, int] = {}
+        with unavailable_on_failure():
+            async with self._reading() as conn:
+                # Chunked: SQLite bounds the number of bound parameters in one statement.
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start : start + 500]
+                    rows = await conn.execute(
+                        select(rooms.c.id, rooms.c.last_seq).where(rooms.c.id.in_(chunk))
+                    )
+                    found.update({RoomId(int(row.id)): int(row.last_seq) for row in rows})
+        return found
 
     # --- lifecycle ---------------------------------------------------------------------------
 

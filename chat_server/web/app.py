@@ -12,6 +12,7 @@ from aiohttp import web
 from chat_server.auth import TokenAuthority, load_or_create_secret
 from chat_server.broker.base import Broker
 from chat_server.broker.memory import MemoryBroker
+from chat_server.broker.redis import RedisBroker
 from chat_server.chat import ChatService
 from chat_server.config import Settings
 from chat_server.fanout import Fanout
@@ -26,7 +27,11 @@ log = logging.getLogger(__name__)
 
 def build_broker(settings: Settings) -> Broker:
     if settings.redis_url:
-        raise NotImplementedError("REDIS_URL: the Redis broker is not part of this build yet")
+        return RedisBroker.from_url(
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            ping_interval_s=settings.redis_ping_interval_s,
+        )
     return MemoryBroker()
 
 
@@ -40,8 +45,14 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         migrate=True,
     )
     broker = build_broker(settings)
-    fanout = Fanout(broker, store, gap_wait_s=settings.gap_wait_s)
+    fanout = Fanout(
+        broker,
+        store,
+        gap_wait_s=settings.gap_wait_s,
+        reconcile_interval_s=settings.reconcile_interval_s,
+    )
     await broker.start(fanout)
+    fanout.start()
     app[SERVICES] = Services(
         settings=settings,
         store=store,

@@ -38,7 +38,9 @@ def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
         return True
     if allowed:
         return origin in allowed
-    return origin == f"{request.scheme}://{request.host}"
+    # Behind a TLS-terminating proxy the page is https while this hop is http.
+    scheme = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip()
+    return origin == f"{scheme}://{request.host}"
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
