@@ -146,6 +146,10 @@ class Session:
         self._errors_sub: Subscription | None = None
         self._notifications_sub: Subscription | None = None
         self._watching_user = False
+        #: A frame is being handled (a SEND may be waiting for its commit).
+        self._busy = False
+        #: The server is shutting down: finish the frame in hand, then close with 1001.
+        self._stopping = False
 
     @property
     def user(self) -> UserId | None:
@@ -158,12 +162,20 @@ class Session:
         try:
             self.conn.receive_data(data, time.monotonic())
             for frame in self.conn.events_received():
+                if self._stopping:
+                    break  # not started, so not receipted: the client sends it again elsewhere
                 pause = self._budget.delay()
                 if pause:
                     await asyncio.sleep(pause)  # not reading the socket is the back-pressure
-                await self._handle(frame)
+                self._busy = True
+                try:
+                    await self._handle(frame)
+                finally:
+                    self._busy = False
                 if self.close_request is not None:
                     return
+            if self._stopping:
+                self._close_going_away()
         except StompProtocolError as exc:
             self.fail(exc)
         except OutboxOverflow:
@@ -199,7 +211,15 @@ class Session:
         self.outbox.close(self.conn.error(exc))
 
     def going_away(self) -> None:
-        """The server is shutting down: stop handling frames, flush, close with 1001."""
+        """The server is shutting down: take no new frame, let the one in hand finish (a SEND
+        is stored and receipted), flush, then close with 1001."""
+        if self.close_request is not None:
+            return
+        self._stopping = True
+        if not self._busy:
+            self._close_going_away()
+
+    def _close_going_away(self) -> None:
         if self.close_request is None:
             self.close_request = CloseRequest(CloseCode.GOING_AWAY, "server shutting down")
             self.conn.disconnect()
