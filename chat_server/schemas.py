@@ -223,3 +223,52 @@ def load(schema: Schema, data: Any) -> Any:
     except ValidationError as exc:
         details = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
         raise ValidationFailed("invalid fields", details) from None
+
+
+# --- Response shapes: for the OpenAPI document (responses are built by the models) -----------
+
+
+class RoomOut(Schema):
+    id = fields.Integer(required=True)
+    kind = fields.String(required=True, validate=validate.OneOf(["direct", "group"]))
+    name = fields.String(required=True, allow_none=True)
+    created_by = fields.String(required=True, data_key="createdBy")
+    member_ids = fields.List(fields.String(), required=True, data_key="memberIds")
+    created_at = fields.DateTime(required=True, data_key="createdAt")
+    last_activity_at = fields.DateTime(required=True, data_key="lastActivityAt")
+
+
+class RoomListOut(Schema):
+    rooms = fields.List(fields.Nested(RoomOut), required=True)
+
+
+class MessageOut(Schema):
+    id = fields.Integer(required=True)
+    chat_room_id = fields.Integer(required=True, data_key="chatRoomId")
+    seq = fields.Integer(required=True)
+    sender_id = fields.String(required=True, data_key="senderId")
+    content = fields.String(required=True)
+    created_at = fields.DateTime(required=True, data_key="createdAt")
+    client_message_id = fields.String(data_key="clientMessageId")
+
+
+class MessageListOut(Schema):
+    messages = fields.List(fields.Nested(MessageOut), required=True)
+
+
+class ErrorBody(Schema):
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    details = fields.Dict()
+
+
+class ErrorOut(Schema):
+    error = fields.Nested(ErrorBody, required=True)
+
+
+class CreateRoomIn(Schema):
+    """Either `participantId` (a direct room) or `name` and `memberIds` (a group room)."""
+
+    participant_id = fields.String(data_key="participantId")
+    name = fields.String()
+    member_ids = fields.List(fields.String(), data_key="memberIds")

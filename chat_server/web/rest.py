@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from chat_server.schemas import (
     load,
     parse_json_object,
 )
+from chat_server.web.openapi import build_openapi
 from chat_server.web.services import SERVICES
 
 log = logging.getLogger(__name__)
@@ -111,7 +113,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 
 def _room_id(request: web.Request) -> RoomId:
-    raw = request.match_info["room_id"]
+    raw = request.match_info["roomId"]
     # The same exact rule as STOMP destinations; a route regex with `\d` would take "٧" (A4).
     if _ROOM_ID.fullmatch(raw) is None or int(raw) > MAX_ID:
         raise web.HTTPNotFound()
@@ -140,13 +142,13 @@ async def list_rooms(request: web.Request) -> web.Response:
     return json_response({"rooms": [room.to_json() for room in rooms]})
 
 
-@api_routes.get("/api/chat-rooms/{room_id}")
+@api_routes.get("/api/chat-rooms/{roomId}")
 async def get_room(request: web.Request) -> web.Response:
     room = await _chat(request).room(_caller(request), _room_id(request))
     return json_response(room.to_json())
 
 
-@api_routes.get("/api/chat-rooms/{room_id}/messages")
+@api_routes.get("/api/chat-rooms/{roomId}/messages")
 async def history(request: web.Request) -> web.Response:
     user = _caller(request)
     query = load(HistoryQuerySchema(), dict(request.query))
@@ -154,7 +156,7 @@ async def history(request: web.Request) -> web.Response:
     return json_response({"messages": [message.to_json() for message in messages]})
 
 
-@api_routes.post("/api/chat-rooms/{room_id}/messages")
+@api_routes.post("/api/chat-rooms/{roomId}/messages")
 async def post_message(request: web.Request) -> web.Response:
     user = _caller(request)
     room_id = _room_id(request)
@@ -170,7 +172,7 @@ async def post_message(request: web.Request) -> web.Response:
     return json_response(result.message.to_json(), status=201 if result.created else 200)
 
 
-@api_routes.post("/api/chat-rooms/{room_id}/members")
+@api_routes.post("/api/chat-rooms/{roomId}/members")
 async def add_member(request: web.Request) -> web.Response:
     user = _caller(request)
     room_id = _room_id(request)
@@ -179,13 +181,23 @@ async def add_member(request: web.Request) -> web.Response:
     return json_response(room.to_json())
 
 
-@api_routes.delete("/api/chat-rooms/{room_id}/members/{user_id}")
+@api_routes.delete("/api/chat-rooms/{roomId}/members/{userId}")
 async def remove_member(request: web.Request) -> web.Response:
     user = _caller(request)
     room_id = _room_id(request)
-    member = load(MemberSchema(), {"userId": request.match_info["user_id"]})
+    member = load(MemberSchema(), {"userId": request.match_info["userId"]})
     await _chat(request).remove_member(user, room_id, member)
     return web.Response(status=204)
+
+
+@api_routes.get("/api/openapi.json")
+async def openapi(_request: web.Request) -> web.Response:
+    return json_response(_openapi_document())
+
+
+@functools.cache
+def _openapi_document() -> dict[str, Any]:
+    return build_openapi()
 
 
 @api_routes.get("/healthz")
