@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from chat_server.auth import TokenAuthority, load_or_create_secret, valid_user_id
 from chat_server.config import Settings
+from chat_server.logs import configure_logging
 from chat_server.store.urls import sqlite_path
 
 
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"chat-server: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(os.environ.get("LOG_FORMAT", "plain"), os.environ.get("LOG_LEVEL", "INFO"))
     if args.command == "serve":
         return _serve(settings)
     if args.command == "token":

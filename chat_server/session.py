@@ -152,6 +152,11 @@ class Session:
         self._stopping = False
 
     @property
+    def log_context(self) -> dict[str, str | None]:
+        """`extra=` for log records about this connection (never its token)."""
+        return {"session": self.conn.session_id, "user": self.user}
+
+    @property
     def user(self) -> UserId | None:
         return self.identity.user_id if self.identity else None
 
@@ -181,7 +186,7 @@ class Session:
         except OutboxOverflow:
             self.fail(StompProtocolError("slow consumer", close_code=CloseCode.POLICY_VIOLATION))
         except Exception:
-            log.exception("internal error in session %s", self.conn.session_id)
+            log.exception("internal error", extra=self.log_context)
             self.fail(StompProtocolError("internal error", close_code=CloseCode.INTERNAL_ERROR))
 
     def read_deadline(self) -> float | None:
@@ -206,7 +211,7 @@ class Session:
         """Answer a protocol error with ERROR, then close (nothing else is sent after it)."""
         if self.close_request is not None:
             return
-        log.info("session %s user %s: %s", self.conn.session_id, self.user, exc.message)
+        log.info("closing: %s", exc.message, extra=self.log_context)
         self.close_request = CloseRequest(exc.close_code, exc.message)
         self.outbox.close(self.conn.error(exc))
 

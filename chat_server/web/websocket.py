@@ -129,7 +129,7 @@ async def _write(ws: web.WebSocketResponse, session: Session, services: Services
             closing = ws.close(code=request.code, message=request.reason.encode())
             await asyncio.wait_for(closing, stall)
     except TimeoutError:
-        log.info("closing session %s: send stalled", session.conn.session_id)
+        log.info("closing: send stalled", extra=session.log_context)
         session.going_away()
         outbox.discard()
         await ws.close(code=1008, message=b"slow consumer")
