@@ -23,6 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (PORT, default 8080)")
     serve.add_argument("--database-url", help="DATABASE_URL (default sqlite:///chat.db)")
     serve.add_argument("--redis-url", help="REDIS_URL (default: in-process broker)")
+    serve.add_argument(
+        "--demo", action="store_true", default=None,
+        help="also serve the demo chat page at / with a demo-only sign-in (CHAT_DEMO=1)",
+    )
 
     token = commands.add_parser("token", help="print a signed token for a user")
     token.add_argument("user_id")
@@ -36,9 +40,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    overrides = {
-        key: getattr(args, key, None) for key in ("host", "port", "database_url", "redis_url")
-    }
+    flags = ("host", "port", "database_url", "redis_url", "demo")
+    overrides = {key: getattr(args, key, None) for key in flags}
     try:
         settings = Settings.from_env(**overrides)
     except ValueError as exc:

@@ -35,10 +35,11 @@ class Identity:
 class TokenAuthority:
     """Checks and mints tokens with one secret."""
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, *, leeway_s: float = LEEWAY_S) -> None:
         if not secret:
             raise ValueError("the JWT secret must not be empty")
         self._secret = secret
+        self._leeway_s = leeway_s
 
     def verify(self, token: str) -> Identity:
         try:
@@ -46,7 +47,7 @@ class TokenAuthority:
                 token,
                 self._secret,
                 algorithms=[ALGORITHM],  # never "none", never a key-confusion algorithm
-                leeway=LEEWAY_S,
+                leeway=self._leeway_s,
                 options={"require": ["sub"]},
             )
         except jwt.PyJWTError as exc:
@@ -55,7 +56,8 @@ class TokenAuthority:
         if not valid_user_id(subject):
             raise AuthenticationFailed("authentication failed")
         expires = claims.get("exp")
-        expires_at = float(expires) + LEEWAY_S if isinstance(expires, int | float) else None
+        # The same leeway holds while connected: a session ends at exp + leeway, this clock.
+        expires_at = float(expires) + self._leeway_s if isinstance(expires, int | float) else None
         return Identity(UserId(str(subject)), expires_at)
 
     def mint(self, user_id: str, ttl_s: int = 86400) -> str:

@@ -39,12 +39,22 @@ class Settings:
     max_connections_per_user: int = 10
     max_connections_per_ip: int = 50
     max_rest_body_bytes: int = 65536
+    #: REST calls per user (token bucket): past it, 429 with Retry-After.
+    rest_requests_per_s: float = 20.0
+    rest_burst: int = 60
+    #: CONNECTs with bad credentials per IP address per minute (also the burst); past it the
+    #: address's WebSocket upgrades get 429 with Retry-After until the bucket refills.
+    auth_failures_per_min: float = 10.0
+    #: Clock skew tolerated on a token's `exp`, at CONNECT and while connected alike.
+    jwt_leeway_s: float = 30.0
     max_user_headers: int = 8
     max_user_header_bytes: int = 1024
 
     # Storage tuning.
     db_busy_timeout_ms: int = 5000
     db_pool_size: int = 10
+    #: Longest wait for a free pooled connection; past it the request is refused (503 / ERROR).
+    db_acquire_timeout_s: float = 5.0
 
     # Fan-out: how long a room waits for a missing `seq` before reading it from the database,
     # and how often every watched room is compared with the database (lost publishes).
@@ -52,6 +62,7 @@ class Settings:
     reconcile_interval_s: float = 5.0
     redis_prefix: str = "chat:"
     redis_ping_interval_s: float = 2.0
+    redis_timeout_s: float = 2.0
     shutdown_grace_s: float = 10.0
 
     def __post_init__(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 
 
 class OutboxOverflow(Exception):
@@ -26,6 +27,8 @@ class Outbox:
         self._drained = asyncio.Event()
         self._drained.set()
         self._closed = False
+        #: Set by the writer while a write is in flight; `abandon` calls it to cut the write short.
+        self.waker: Callable[[], None] | None = None
 
     @property
     def size(self) -> int:
@@ -54,6 +57,16 @@ class Outbox:
             self._size += len(final)
         self._closed = True
         self._ready.set()
+
+    def abandon(self, final: bytes = b"") -> None:
+        """A slow consumer: drop the backlog, keep only `final`, and wake a blocked writer."""
+        self._chunks.clear()
+        self._size = 0
+        self._closed = False
+        self.close(final)
+        self._drained.set()
+        if self.waker is not None:
+            self.waker()
 
     def discard(self) -> None:
         """Drop whatever is queued (the socket is gone) and close."""
@@ -84,6 +97,14 @@ class Outbox:
                 self._ready.clear()
             self._drained.set()
         return taken[0] if len(taken) == 1 else b"".join(taken)
+
+    def take_now(self) -> bytes:
+        """Everything queued, joined, without waiting (b"" when empty)."""
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self._size = 0
+        self._drained.set()
+        return data
 
     async def wait_drained(self) -> None:
         """Until the writer has taken everything queued (used to pace history replays)."""

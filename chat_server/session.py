@@ -113,12 +113,14 @@ class Session:
         settings: Settings,
         subprotocol: Version | None = None,
         admit_user: Callable[[Session, UserId], bool] = lambda _session, _user: True,
+        auth_failed: Callable[[], None] = lambda: None,
     ) -> None:
         self._chat = chat
         self._fanout = fanout
         self._tokens = tokens
         self._settings = settings
         self._admit_user = admit_user
+        self._auth_failed = auth_failed
         self._message_schema = MessageSchema(max_content_bytes=settings.max_body_bytes)
         self.started = time.monotonic()
         self.conn = StompConnection(
@@ -146,6 +148,9 @@ class Session:
         self._errors_sub: Subscription | None = None
         self._notifications_sub: Subscription | None = None
         self._watching_user = False
+        #: ROOM_REMOVED events seen per room, so a SUBSCRIBE whose membership check raced a
+        #: removal notices it (BAD_INPUTS A1/A8).
+        self._removals: dict[RoomId, int] = {}
         #: A frame is being handled (a SEND may be waiting for its commit).
         self._busy = False
         #: The server is shutting down: finish the frame in hand, then close with 1001.
@@ -184,7 +189,7 @@ class Session:
         except StompProtocolError as exc:
             self.fail(exc)
         except OutboxOverflow:
-            self.fail(StompProtocolError("slow consumer", close_code=CloseCode.POLICY_VIOLATION))
+            self.slow_consumer()
         except Exception:
             log.exception("internal error", extra=self.log_context)
             self.fail(StompProtocolError("internal error", close_code=CloseCode.INTERNAL_ERROR))
@@ -201,11 +206,20 @@ class Session:
         """The read deadline passed: say why, then close."""
         if self.conn.state is State.AWAITING_CONNECT:
             reason = "no CONNECT in time"
-        elif self.identity and self.identity.expires_at and self.identity.expires_at <= time.time():
-            reason = "session expired"
         else:
-            reason = "heart-beat timeout"
+            silence = self.conn.peer_deadline(self._settings.connect_timeout_s, self.started)
+            silent = silence is not None and silence <= time.monotonic()
+            reason = "heart-beat timeout" if silent else "session expired"
         self.fail(StompProtocolError(reason, close_code=CloseCode.POLICY_VIOLATION))
+
+    def slow_consumer(self) -> None:
+        """The peer reads too slowly: drop what is queued, send only ERROR, then close."""
+        if self.close_request is not None and self.close_request.reason == "slow consumer":
+            return
+        exc = StompProtocolError("slow consumer", close_code=CloseCode.POLICY_VIOLATION)
+        log.info("session %s user %s: slow consumer", self.conn.session_id, self.user)
+        self.close_request = CloseRequest(exc.close_code, exc.message)
+        self.outbox.abandon(self.conn.error(exc))
 
     def fail(self, exc: StompProtocolError) -> None:
         """Answer a protocol error with ERROR, then close (nothing else is sent after it)."""
@@ -299,6 +313,7 @@ class Session:
                 raise AuthenticationFailed("no token")
             identity = self._tokens.verify(token)
         except AuthenticationFailed:
+            self._auth_failed()
             raise self.conn.refuse(
                 frame, "authentication failed", CloseCode.POLICY_VIOLATION
             ) from None
@@ -406,7 +421,10 @@ class Session:
             self._notifications_sub = self._notifications_sub or subscription
             return
         assert room_id is not None and self.user is not None
-        if not await self._chat.may_read(self.user, room_id):
+        removals = self._removals.get(room_id, 0)
+        # Nothing of the room reaches this connection before the check: the tap attaches after.
+        allowed = await self._chat.may_read(self.user, room_id)
+        if not allowed or self._removals.get(room_id, 0) != removals:
             self.conn.drop_subscription(subscription)
             raise self.conn.refuse(frame, "forbidden", CloseCode.POLICY_VIOLATION)
         tap = Tap(
@@ -443,7 +461,7 @@ class Session:
             tail = message_tail(delivery, self.conn.version)
             self.outbox.put(self.conn.message_prefix(subscription) + tail)
         except OutboxOverflow:
-            self.fail(StompProtocolError("slow consumer", close_code=CloseCode.POLICY_VIOLATION))
+            self.slow_consumer()
         except StompProtocolError as exc:
             self.fail(exc)
 
@@ -451,6 +469,7 @@ class Session:
         if self.close_request is not None:
             return
         if event.kind is UserEventKind.ROOM_REMOVED:
+            self._removals[event.room_id] = self._removals.get(event.room_id, 0) + 1
             # Membership ended: end this connection's subscriptions to the room (A8).
             for sub_id, tap in list(self._taps.items()):
                 if tap.room_id == event.room_id:
@@ -463,9 +482,7 @@ class Session:
             try:
                 self._push(self._notifications_sub, NOTIFICATIONS_DESTINATION, event.payload)
             except OutboxOverflow:
-                self.fail(
-                    StompProtocolError("slow consumer", close_code=CloseCode.POLICY_VIOLATION)
-                )
+                self.slow_consumer()
             except StompProtocolError as exc:
                 self.fail(exc)
 

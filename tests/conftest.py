@@ -1,9 +1,12 @@
-"""Shared fixtures: a server on a temp SQLite database, tokens, and STOMP clients."""
+"""Shared fixtures: a server on a temp SQLite (or private PostgreSQL) database, tokens, and STOMP
+clients."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,8 @@ from aiohttp.test_utils import TestClient
 from chat_server.auth import TokenAuthority
 from chat_server.config import Settings
 from chat_server.web.app import create_app
+from tests.postgres import PostgresDatabases
+from tests.services import PostgresServer
 from tests.stomp_client import StompClient
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
@@ -20,10 +25,56 @@ SECRET = "test-secret-that-is-long-enough-for-hs256"
 AiohttpClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One private PostgreSQL for the whole session (never the machine's own on 5432); skipped,
+    through `require_binary`, only where PostgreSQL is not installed.
+
+    Its directory is not under pytest's numbered temp dirs: another pytest session starting on
+    the same machine may delete all but the newest three of those while this one still runs.
+    """
+    root = tempfile.mkdtemp(prefix="chat-test-pg-")
+    try:
+        server = PostgresServer(root)
+        try:
+            server.start()
+            yield server
+        finally:
+            server.cleanup()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_databases(postgres_server: PostgresServer) -> PostgresDatabases:
+    return PostgresDatabases(postgres_server)
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+async def postgres_url(postgres_databases: PostgresDatabases) -> str:
+    """The session PostgreSQL's shared database, migrated, its tables emptied for this test."""
+    return await postgres_databases.empty_shared()
+
+
+@pytest.fixture
+def db_backend() -> str:
+    """The database behind `settings`; tests/e2e and tests/web parametrise it over both."""
+    return "sqlite"
+
+
+@pytest.fixture
+def database_url(db_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if db_backend == "sqlite":
+        return f"sqlite:///{tmp_path}/chat.db"
+    assert db_backend == "postgresql", db_backend
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
     return Settings(
-        database_url=f"sqlite:///{tmp_path}/chat.db",
+        database_url=database_url,
         jwt_secret=SECRET,
         frames_per_s=0,  # tests of the frame budget turn it back on
     )

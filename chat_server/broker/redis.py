@@ -12,6 +12,7 @@ import contextlib
 import logging
 import random
 import secrets
+from collections import deque
 from typing import Any
 
 from redis.asyncio import Redis
@@ -37,6 +38,7 @@ class RedisBroker:
         ping_interval_s: float = 2.0,
         command_timeout_s: float = 2.0,
         reconnect_max_s: float = 2.0,
+        max_queued: int = 100_000,
     ) -> None:
         self._publisher = publisher
         self._subscriber = subscriber
@@ -52,6 +54,12 @@ class RedisBroker:
         self._supervisor: asyncio.Task[None] | None = None
         self._confirmations: dict[str, list[asyncio.Future[None]]] = {}
         self._last_heard = 0.0
+        #: (topic, payload, already delivered to this worker) waiting for the publisher task.
+        self._outgoing: deque[tuple[str, bytes, bool]] = deque()
+        self._outgoing_ready = asyncio.Event()
+        self._max_queued = max_queued
+        self._publisher_task: asyncio.Task[None] | None = None
+        self._flushing = False
         self.publish_failures = 0
         self.connections = 0
 
@@ -61,7 +69,11 @@ class RedisBroker:
             "socket_connect_timeout": command_timeout_s,
             "socket_keepalive": True,
         }
-        publisher = Redis.from_url(url, socket_timeout=command_timeout_s, **common)
+        # No retries on the publisher either: a failed batch is logged and left to the
+        # database, and the next batch must not queue behind a retry loop.
+        publisher = Redis.from_url(
+            url, socket_timeout=command_timeout_s, retry=Retry(NoBackoff(), 0), **common
+        )
         # No silent retries on the subscriber: redis-py would reconnect and resubscribe behind
         # our back, and the messages lost in between would never be re-read from the database.
         subscriber = Redis.from_url(url, retry=Retry(NoBackoff(), 0), **common)
@@ -79,9 +91,19 @@ class RedisBroker:
     async def start(self, listener: BrokerListener) -> None:
         """Returns at once: a worker that cannot reach Redis serves anyway and keeps trying."""
         self._listener = listener
-        self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+        loop = asyncio.get_running_loop()
+        self._supervisor = loop.create_task(self._supervise())
+        self._publisher_task = loop.create_task(self._publish_forever())
 
     async def close(self) -> None:
+        """Flush what is queued for Redis (bounded by the command timeout), then disconnect."""
+        if self._publisher_task is not None:
+            self._flushing = True
+            self._outgoing_ready.set()
+            try:
+                await asyncio.wait_for(self._publisher_task, self._timeout_s + 1)
+            except TimeoutError:
+                log.warning("closing with %d publishes unsent", len(self._outgoing))
         self._state = BrokerState.CLOSED
         if self._supervisor is not None:
             self._supervisor.cancel()
@@ -186,19 +208,52 @@ class RedisBroker:
     # --- Broker -------------------------------------------------------------------------------
 
     async def publish(self, topic: str, payload: bytes) -> None:
-        connected = self._state is BrokerState.CONNECTED
-        try:
-            await asyncio.wait_for(
-                self._publisher.publish(self._channel(topic), payload), self._timeout_s
-            )
-        except (RedisError, OSError, TimeoutError) as exc:
+        """Queue for the publisher task and return at once: a RECEIPT never waits on Redis."""
+        delivered = self._state is not BrokerState.CONNECTED
+        if delivered:
+            # Our own subscriber cannot echo it back: deliver to this worker now. The fan-out
+            # drops the duplicate should an echo arrive after all.
+            self._deliver_locally(topic, payload)
+        if len(self._outgoing) >= self._max_queued:
+            # Redis has been unreachable for a long while: the oldest news goes; the database
+            # still has every message, and other workers read it back on reconnection.
+            self._outgoing.popleft()
             self.publish_failures += 1
-            log.warning("redis publish to %s failed: %s", topic, exc.__class__.__name__)
-            connected = False
-        if not connected and self._listener is not None and topic in self._topics:
-            # Our own subscriber will not echo it back: deliver to this worker directly.
-            # The fan-out drops the duplicate should the echo arrive after all.
+        self._outgoing.append((topic, payload, delivered))
+        self._outgoing_ready.set()
+
+    def _deliver_locally(self, topic: str, payload: bytes) -> None:
+        if self._listener is not None and topic in self._topics:
             self._listener.on_message(topic, payload)
+
+    async def _publish_forever(self) -> None:
+        """One task publishes, in order, everything queued since its last round trip in one
+        pipeline: under load many messages share one round trip to Redis."""
+        while True:
+            await self._outgoing_ready.wait()
+            await self._publish_queued()
+            if self._flushing and not self._outgoing:
+                return
+
+    async def _publish_queued(self) -> None:
+        batch = list(self._outgoing)
+        self._outgoing.clear()
+        self._outgoing_ready.clear()
+        if not batch:
+            return
+        try:
+            pipeline = self._publisher.pipeline(transaction=False)
+            for topic, payload, _ in batch:
+                pipeline.publish(self._channel(topic), payload)
+            await asyncio.wait_for(pipeline.execute(), self._timeout_s)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.publish_failures += len(batch)
+            log.warning("redis publish of %d messages failed: %s", len(batch),
+                        exc.__class__.__name__)
+            # What never reached Redis will not be echoed: this worker's sockets get it here.
+            for topic, payload, delivered in batch:
+                if not delivered:
+                    self._deliver_locally(topic, payload)
 
     async def subscribe(self, topic: str) -> None:
         """Returns once Redis confirmed the subscription (or the connection is down)."""

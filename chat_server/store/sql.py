@@ -46,7 +46,8 @@ from chat_server.store.urls import engine_url, sqlite_path
 SQLITE_BEGIN_OPTION: Final = "chat_server_sqlite_begin"
 _SQLITE_BEGIN_MODES: Final = frozenset({"DEFERRED", "IMMEDIATE"})
 
-#: Longest wait for a pooled connection before the request is refused (no unbounded queue).
+#: Longest wait for a pooled connection before the request is refused (no unbounded queue);
+#: the default of the `db_acquire_timeout_s` setting.
 POOL_TIMEOUT_S: Final = 5.0
 #: PostgreSQL: connecting, and any one statement, may take at most this long.
 PG_CONNECT_TIMEOUT_S: Final = 5.0
@@ -129,6 +130,7 @@ def build_engine(
     pool_size: int = 10,
     busy_timeout_ms: int = 5000,
     foreign_keys: bool = True,
+    acquire_timeout_s: float = POOL_TIMEOUT_S,
 ) -> AsyncEngine:
     """An async engine for a contract `DATABASE_URL`, with our per-connection SQLite settings.
 
@@ -142,7 +144,7 @@ def build_engine(
             url,
             pool_size=pool_size,
             max_overflow=0,
-            pool_timeout=POOL_TIMEOUT_S,
+            pool_timeout=acquire_timeout_s,
             # A connection broken by a restart or failover is replaced, not handed out.
             pool_pre_ping=True,
             connect_args={
@@ -157,7 +159,7 @@ def build_engine(
         url,
         pool_size=pool_size,
         max_overflow=0,
-        pool_timeout=POOL_TIMEOUT_S,
+        pool_timeout=acquire_timeout_s,
         connect_args={"timeout": busy_timeout_ms / 1000},
     )
     _install_sqlite_hooks(engine, busy_timeout_ms, foreign_keys)
@@ -559,6 +561,7 @@ async def open_store(
     *,
     pool_size: int = 10,
     busy_timeout_ms: int = 5000,
+    acquire_timeout_s: float = POOL_TIMEOUT_S,
     migrate: bool = False,
 ) -> SqlStore:
     """A `SqlStore` for a contract `DATABASE_URL`; `migrate=True` first applies migrations.
@@ -572,5 +575,10 @@ async def open_store(
 
         await apply_migrations(database_url, busy_timeout_ms=busy_timeout_ms)
     return SqlStore(
-        build_engine(database_url, pool_size=pool_size, busy_timeout_ms=busy_timeout_ms)
+        build_engine(
+            database_url,
+            pool_size=pool_size,
+            busy_timeout_ms=busy_timeout_ms,
+            acquire_timeout_s=acquire_timeout_s,
+        )
     )

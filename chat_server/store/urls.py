@@ -10,6 +10,9 @@ from sqlalchemy.exc import ArgumentError
 _SQLITE_SCHEMES = frozenset({"sqlite", "sqlite+aiosqlite"})
 # `postgres://` is the form Heroku puts in DATABASE_URL; SQLAlchemy dropped that alias.
 _POSTGRES_SCHEMES = frozenset({"postgres", "postgresql", "postgresql+asyncpg"})
+# Query options of a PostgreSQL URL: libpq's `sslmode` (or asyncpg's own `ssl`), libpq's
+# `target_session_attrs`, and `host`/`port` (a unix socket dir: `postgresql:///chat?host=/run/pg`).
+_POSTGRES_OPTIONS = frozenset({"sslmode", "ssl", "target_session_attrs", "host", "port"})
 _EXPECTED = (
     "expected sqlite:///relative/path.db, sqlite:////absolute/path.db, "
     "postgres://... or postgresql://..."
@@ -46,6 +49,14 @@ def engine_url(database_url: str) -> str:
         if not url.database:
             raise ValueError(f"a PostgreSQL DATABASE_URL must name a database: {_EXPECTED}")
         query = dict(url.query)
+        # Anything else would reach asyncpg.connect() as an unknown keyword, a TypeError at the
+        # first request instead of a clear refusal at start.
+        unsupported = sorted(set(query) - _POSTGRES_OPTIONS)
+        if unsupported:
+            raise ValueError(
+                f"unsupported PostgreSQL DATABASE_URL option(s) {', '.join(unsupported)}: "
+                f"only {', '.join(sorted(_POSTGRES_OPTIONS))} are understood"
+            )
         # libpq spells it `sslmode` (Heroku and most providers do too); asyncpg calls it `ssl`.
         if "sslmode" in query:
             query["ssl"] = query.pop("sslmode")

@@ -16,8 +16,10 @@ from chat_server.broker.redis import RedisBroker
 from chat_server.chat import ChatService
 from chat_server.config import Settings
 from chat_server.fanout import Fanout
+from chat_server.ratelimit import RateLimiter
 from chat_server.store.sql import open_store
 from chat_server.store.urls import sqlite_path
+from chat_server.web.demo import setup_demo
 from chat_server.web.rest import api_routes, error_middleware
 from chat_server.web.services import SERVICES, SETTINGS, Connections, Services
 from chat_server.web.websocket import websocket_handler
@@ -31,6 +33,7 @@ def build_broker(settings: Settings) -> Broker:
             settings.redis_url,
             prefix=settings.redis_prefix,
             ping_interval_s=settings.redis_ping_interval_s,
+            command_timeout_s=settings.redis_timeout_s,
         )
     return MemoryBroker()
 
@@ -42,6 +45,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         settings.database_url,
         pool_size=settings.db_pool_size,
         busy_timeout_ms=settings.db_busy_timeout_ms,
+        acquire_timeout_s=settings.db_acquire_timeout_s,
         migrate=True,
     )
     broker = build_broker(settings)
@@ -59,8 +63,12 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         broker=broker,
         chat=ChatService(store, broker),
         fanout=fanout,
-        tokens=TokenAuthority(secret),
+        tokens=TokenAuthority(secret, leeway_s=settings.jwt_leeway_s),
         connections=Connections(settings.max_connections_per_user, settings.max_connections_per_ip),
+        rest_limiter=RateLimiter(settings.rest_requests_per_s, settings.rest_burst),
+        auth_failures=RateLimiter(
+            settings.auth_failures_per_min / 60, settings.auth_failures_per_min
+        ),
     )
     try:
         yield
@@ -96,4 +104,5 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.on_shutdown.append(_close_sessions)
     app.router.add_get("/ws", websocket_handler)
     app.add_routes(api_routes)
+    setup_demo(app, settings)  # only with settings.demo (`serve --demo`)
     return app

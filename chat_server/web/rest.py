@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -67,6 +68,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Every failure leaves as a JSON error body with the right status; never a traceback."""
     try:
         return await handler(request)
+    except RateLimited as refusal:
+        response = json_error(refusal.status, refusal.code, refusal.message)
+        response.headers["Retry-After"] = str(max(1, math.ceil(refusal.retry_after_s)))
+        return response
     except ChatError as refusal:
         return json_error(refusal.status, refusal.code, refusal.message, refusal.details)
     except StoreUnavailable:
@@ -91,6 +96,15 @@ class Unauthorized(ChatError):
     status = 401
 
 
+class RateLimited(ChatError):
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__("too many requests; retry later")
+        self.retry_after_s = retry_after_s
+
+
 class UnsupportedMediaType(ChatError):
     code = "unsupported_media_type"
     status = 415
@@ -100,10 +114,16 @@ def _caller(request: web.Request) -> UserId:
     token = bearer_token(request.headers.get("Authorization"))
     if token is None:
         raise Unauthorized("an Authorization: Bearer token is required")
+    services = request.app[SERVICES]
     try:
-        return request.app[SERVICES].tokens.verify(token).user_id
+        user = services.tokens.verify(token).user_id
     except AuthenticationFailed:
         raise Unauthorized("authentication failed") from None
+    # Per user, checked before any body is read or any query runs.
+    wait = services.rest_limiter.acquire(user)
+    if wait:
+        raise RateLimited(wait)
+    return user
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:

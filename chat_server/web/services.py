@@ -13,6 +13,7 @@ from chat_server.chat import ChatService
 from chat_server.config import Settings
 from chat_server.fanout import Fanout
 from chat_server.models import UserId
+from chat_server.ratelimit import RateLimiter
 from chat_server.session import Session
 from chat_server.store.base import MessageStore
 
@@ -79,6 +80,10 @@ class Services:
     fanout: Fanout
     tokens: TokenAuthority
     connections: Connections
+    #: REST calls per user.
+    rest_limiter: RateLimiter
+    #: CONNECTs with bad credentials per IP address.
+    auth_failures: RateLimiter
 
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 
 from aiohttp import WSMsgType, web
@@ -18,6 +19,9 @@ from chat_server.web.services import SERVICES, Services
 log = logging.getLogger(__name__)
 
 _MAX_OFFERED_PROTOCOLS = 16
+#: After a slow consumer's ERROR and close frame are handed to the socket, how long the peer
+#: has to take them before the connection is cut (the buffered bytes are then freed).
+SLOW_CONSUMER_GRACE_S = 1.0
 
 
 def choose_subprotocol(header: str | None) -> str | None:
@@ -52,6 +56,13 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if not origin_allowed(request, settings.allowed_origins):
         return json_error(403, "origin_not_allowed", "this Origin may not open /ws")
     ip = request.remote or "?"
+    retry_after = services.auth_failures.retry_after(ip)
+    if retry_after:
+        response = json_error(
+            429, "too_many_failed_logins", "too many failed CONNECTs from this address"
+        )
+        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+        return response
     if not connections.admit_ip(ip):
         return json_error(429, "too_many_connections", "too many connections from this address")
     try:
@@ -59,7 +70,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(
             protocols=(chosen,) if chosen else (),
             heartbeat=settings.ws_ping_s or None,
-            max_msg_size=settings.max_frame_bytes,
+            # aiohttp refuses a message of max_msg_size bytes or more; the limit itself is allowed.
+            max_msg_size=settings.max_frame_bytes + 1,
             compress=False,
         )
         await ws.prepare(request)
@@ -70,10 +82,11 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             settings=settings,
             subprotocol=SUBPROTOCOLS[chosen] if chosen else None,
             admit_user=connections.admit_user,
+            auth_failed=lambda: _count_auth_failure(services, ip),
         )
         connections.add(session)
         try:
-            await _serve(ws, session, services)
+            await _serve(ws, session, services, request.transport)
         finally:
             session.release()
             connections.discard(session)
@@ -82,8 +95,18 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         connections.release_ip(ip)
 
 
-async def _serve(ws: web.WebSocketResponse, session: Session, services: Services) -> None:
-    writer = asyncio.create_task(_write(ws, session, services))
+def _count_auth_failure(services: Services, ip: str) -> None:
+    services.auth_failures.acquire(ip)  # once empty, the address's next upgrades get 429
+
+
+async def _serve(
+    ws: web.WebSocketResponse,
+    session: Session,
+    services: Services,
+    transport: asyncio.Transport | None,
+) -> None:
+    stall = services.settings.send_stall_s or None
+    writer = asyncio.create_task(_write(ws, session, stall, transport))
     try:
         await _read(ws, session)
     finally:
@@ -96,7 +119,10 @@ async def _serve(ws: web.WebSocketResponse, session: Session, services: Services
 async def _read(ws: web.WebSocketResponse, session: Session) -> None:
     while session.close_request is None:
         deadline = session.read_deadline()
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        timeout = None if deadline is None else deadline - time.monotonic()
+        if timeout is not None and timeout <= 0:
+            session.timed_out()  # also when frames keep coming: a token expires on time
+            return
         try:
             message = await ws.receive(timeout=timeout)
         except TimeoutError:
@@ -110,29 +136,56 @@ async def _read(ws: web.WebSocketResponse, session: Session) -> None:
             return
 
 
-async def _write(ws: web.WebSocketResponse, session: Session, services: Services) -> None:
-    """The only writer of the socket: frames from the outbox, heart-beats when idle."""
-    stall = services.settings.send_stall_s or None
+async def _write(
+    ws: web.WebSocketResponse,
+    session: Session,
+    stall: float | None,
+    transport: asyncio.Transport | None,
+) -> None:
+    """The only writer of the socket: frames from the outbox, heart-beats when idle.
+
+    A write may wait for the peer (the transport's buffer is full), never longer than `stall`,
+    and never past the moment the outbox overflows: the session then abandons the outbox, which
+    cuts the write short. Fan-out only ever appends to the outbox, so no one else waits here.
+    """
     outbox = session.outbox
+    loop = asyncio.get_running_loop()
     try:
         while True:
             interval = session.conn.heart_beats.send_ms / 1000 or None
             data = await outbox.take(timeout=interval)
             if data is None:
                 break
-            # STOMP 1.2: any byte counts as a heart-beat, so idle means "nothing sent".
-            await asyncio.wait_for(
-                ws.send_frame(data or HEARTBEAT, WSMsgType.TEXT), timeout=stall
-            )
+            async with asyncio.timeout(stall) as scope:
+                outbox.waker = lambda: scope.reschedule(loop.time())
+                try:
+                    # STOMP 1.2: any byte counts as a heart-beat, so idle means "nothing sent".
+                    await ws.send_frame(data or HEARTBEAT, WSMsgType.TEXT)
+                finally:
+                    outbox.waker = None
         request = session.close_request
         if request is not None:
             closing = ws.close(code=request.code, message=request.reason.encode())
             await asyncio.wait_for(closing, stall)
     except TimeoutError:
-        log.info("closing: send stalled", extra=session.log_context)
-        session.going_away()
-        outbox.discard()
-        await ws.close(code=1008, message=b"slow consumer")
+        await _drop_slow_consumer(ws, session, transport)
     except (ConnectionResetError, RuntimeError):
         outbox.discard()
 
+
+async def _drop_slow_consumer(
+    ws: web.WebSocketResponse, session: Session, transport: asyncio.Transport | None
+) -> None:
+    """Send ERROR and a 1008 close without waiting for the peer, then cut the connection."""
+    log.info("closing session %s: slow consumer", session.conn.session_id)
+    session.slow_consumer()  # if the stall, not an overflow, found it: ERROR replaces the queue
+    outbox = session.outbox
+    final = outbox.take_now()
+    outbox.discard()
+    with contextlib.suppress(Exception):
+        if final:
+            await asyncio.wait_for(ws.send_frame(final, WSMsgType.TEXT), 0.05)
+        await asyncio.wait_for(ws.close(code=1008, message=b"slow consumer", drain=False), 0.05)
+    if transport is not None:
+        # close() waits for the buffer to flush, which a peer that never reads never allows.
+        asyncio.get_running_loop().call_later(SLOW_CONSUMER_GRACE_S, transport.abort)

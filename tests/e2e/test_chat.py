@@ -3,25 +3,39 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 from typing import Any
 
 from aiohttp.test_utils import TestClient
+from sqlalchemy import select
 
 from chat_server.auth import TokenAuthority
 from chat_server.config import Settings
 from chat_server.stomp.frames import Command
+from chat_server.store.schema import messages
+from chat_server.store.sql import build_engine
 from tests.conftest import StompFactory, create_direct_room
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
-def stored_rows(settings: Settings) -> list[tuple[Any, ...]]:
-    path = settings.database_url.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as db:
-        return db.execute(
-            "SELECT room_id, seq, sender_id, content, client_message_id FROM messages ORDER BY id"
-        ).fetchall()
+async def stored_rows(settings: Settings) -> list[tuple[Any, ...]]:
+    """The stored messages, read with SQL over a connection of its own (not the app's), on
+    either database: what a RECEIPT promised must be visible to any other reader."""
+    engine = build_engine(settings.database_url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                select(
+                    messages.c.room_id,
+                    messages.c.seq,
+                    messages.c.sender_id,
+                    messages.c.content,
+                    messages.c.client_message_id,
+                ).order_by(messages.c.id)
+            )
+            return [tuple(row) for row in rows]
+    finally:
+        await engine.dispose()
 
 
 async def test_member_receives_what_another_member_sends(
@@ -78,7 +92,7 @@ async def test_sender_identity_comes_from_the_token_not_the_body(
         {"destination": "/app/message", "content-type": "application/json"},
         b'{"chatRoomId": %d, "content": "x", "senderId": "bob"}' % room,
     )
-    assert [row[2] for row in stored_rows(settings)] == ["alice"]
+    assert [row[2] for row in await stored_rows(settings)] == ["alice"]
 
 
 async def test_receipt_arrives_only_once_the_row_is_stored(
@@ -92,7 +106,7 @@ async def test_receipt_arrives_only_once_the_row_is_stored(
         receipt = await alice.receive()
         assert receipt.get("receipt-id") == f"r{n}"
         # The RECEIPT promised durability: the row must be readable by another connection now.
-        assert len(stored_rows(settings)) == n + 1
+        assert len(await stored_rows(settings)) == n + 1
 
 
 async def test_non_member_is_refused_on_subscribe(
@@ -117,7 +131,7 @@ async def test_non_member_is_refused_on_send_and_nothing_is_stored(
     await mallory.send_message(room, "let me in", receipt="x")
     error = await mallory.expect_error()
     assert error.get("receipt-id") == "x"
-    assert stored_rows(settings) == []
+    assert await stored_rows(settings) == []
 
 
 async def test_refusal_goes_to_user_errors_queue_when_subscribed(
@@ -136,7 +150,7 @@ async def test_refusal_goes_to_user_errors_queue_when_subscribed(
     # The connection stays open and usable.
     await mallory.receipted(Command.SUBSCRIBE, {"destination": "/user/queue/notifications",
                                                  "id": "n"})
-    assert stored_rows(settings) == []
+    assert await stored_rows(settings) == []
 
 
 async def test_invalid_body_is_refused_without_storing(
@@ -151,7 +165,7 @@ async def test_invalid_body_is_refused_without_storing(
         await alice.send(Command.SEND, {"destination": "/app/message"}, body)
         _, answer = await alice.receive_message()
         assert answer["error"]["code"] in {"malformed_request", "validation_failed"}
-    assert stored_rows(settings) == []
+    assert await stored_rows(settings) == []
 
 
 async def test_retried_client_message_id_is_stored_once_and_receipted_again(
@@ -172,7 +186,7 @@ async def test_retried_client_message_id_is_stored_once_and_receipted_again(
     _, second = await bob.receive_message()
     assert (first["content"], first["seq"]) == ("once", 1)
     assert (second["content"], second["seq"]) == ("sentinel", 2)
-    assert len(stored_rows(settings)) == 2
+    assert len(await stored_rows(settings)) == 2
 
 
 async def test_aborted_transaction_stores_nothing_and_committed_one_stores_all(
@@ -184,14 +198,14 @@ async def test_aborted_transaction_stores_nothing_and_committed_one_stores_all(
     await alice.receipted(Command.BEGIN, {"transaction": "t1"})
     await alice.send_message(room, "dropped", transaction="t1")
     await alice.receipted(Command.ABORT, {"transaction": "t1"})
-    assert stored_rows(settings) == []
+    assert await stored_rows(settings) == []
 
     await alice.receipted(Command.BEGIN, {"transaction": "t2"})
     await alice.send_message(room, "one", transaction="t2")
     await alice.send_message(room, "two", transaction="t2")
-    assert stored_rows(settings) == []
+    assert await stored_rows(settings) == []
     await alice.receipted(Command.COMMIT, {"transaction": "t2"})
-    assert [row[3] for row in stored_rows(settings)] == ["one", "two"]
+    assert [row[3] for row in await stored_rows(settings)] == ["one", "two"]
 
 
 async def test_transaction_left_open_at_disconnect_is_discarded(
@@ -204,7 +218,7 @@ async def test_transaction_left_open_at_disconnect_is_discarded(
     await alice.send_message(room, "never", transaction="t")
     await alice.receipted(Command.DISCONNECT, {})
     await alice.expect_close()
-    assert stored_rows(settings) == []
+    assert await stored_rows(settings) == []
 
 
 async def test_resume_after_replays_exactly_the_missed_messages_then_live_ones(
@@ -270,7 +284,7 @@ async def test_disconnect_receipt_comes_after_earlier_sends_are_stored(
     for n in range(3):
         await alice.send_message(room, f"m{n}")
     await alice.receipted(Command.DISCONNECT, {}, receipt="bye")
-    assert len(stored_rows(settings)) == 3
+    assert len(await stored_rows(settings)) == 3
     assert await alice.expect_close() == 1000
 
 

@@ -1,8 +1,11 @@
-"""Store fixtures: a freshly migrated database for each backend under test."""
+"""Store fixtures: a freshly migrated database for each backend under test.
+
+PostgreSQL is the session's private server (tests/conftest.py `postgres_server`), always on; the
+only way it is left out is a skip where PostgreSQL is not installed (which fails the run in CI).
+"""
 
 from __future__ import annotations
 
-import os
 import pathlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -11,26 +14,12 @@ import pytest
 
 from chat_server.models import Room, UserId
 from chat_server.store.migrate import migrate
-from chat_server.store.sql import SqlStore, build_engine, open_store
+from chat_server.store.sql import SqlStore, open_store
+from tests.postgres import PostgresDatabases
 
-#: Set to a PostgreSQL URL whose database the tests may wipe, to also run every store test there.
-POSTGRES_URL_ENV = "CHAT_TEST_POSTGRES_URL"
-
-BACKENDS = ["sqlite", *(["postgresql"] if os.environ.get(POSTGRES_URL_ENV) else [])]
-
-# The store's own tables, dropped before each PostgreSQL test (never anything else).
-_STORE_TABLES = ("messages", "room_members", "rooms", "alembic_version")
+BACKENDS = ["sqlite", "postgresql"]
 
 StoreOpener = Callable[..., Awaitable[SqlStore]]
-
-
-async def _reset_postgres(url: str) -> None:
-    engine = build_engine(url, pool_size=1)
-    try:
-        async with engine.begin() as conn:
-            await conn.exec_driver_sql(f"DROP TABLE IF EXISTS {', '.join(_STORE_TABLES)} CASCADE")
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -40,8 +29,9 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'data' / 'chat.db'}"
     else:
-        url = os.environ[POSTGRES_URL_ENV]
-        await _reset_postgres(url)
+        # Looked up only here: SQLite runs need no PostgreSQL at all.
+        databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
+        url = await databases.empty_shared()
     await migrate(url)
     return url
 

@@ -63,3 +63,31 @@ def test_other_urls_are_refused_with_a_clear_message(given: str) -> None:
 )
 def test_sqlite_path_names_the_database_file(given: str, expected: pathlib.Path | None) -> None:
     assert sqlite_path(given) == expected
+
+
+@pytest.mark.parametrize(
+    "mode", ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+)
+def test_libpq_sslmode_becomes_asyncpgs_ssl_argument(mode: str) -> None:
+    # Heroku-style URLs spell it `sslmode`; asyncpg takes the same modes as `ssl`.
+    assert engine_url(f"postgres://u:p@db.example.com:5432/d?sslmode={mode}") == (
+        f"postgresql+asyncpg://u:p@db.example.com:5432/d?ssl={mode}"
+    )
+
+
+def test_other_postgres_options_pass_through() -> None:
+    assert engine_url("postgresql://u@/chat?host=/run/postgresql&port=5433") == (
+        "postgresql+asyncpg://u@/chat?host=%2Frun%2Fpostgresql&port=5433"
+    )
+    assert engine_url("postgres://u@h/chat?target_session_attrs=read-write&sslmode=require") == (
+        "postgresql+asyncpg://u@h/chat?ssl=require&target_session_attrs=read-write"
+    )
+
+
+@pytest.mark.parametrize(
+    "option", ["connect_timeout=10", "application_name=x", "sslrootcert=/etc/ca.pem", "foo=bar"]
+)
+def test_postgres_options_asyncpg_would_not_take_are_refused_up_front(option: str) -> None:
+    # Before: a TypeError from asyncpg.connect() at the first request (a 500), not at start.
+    with pytest.raises(ValueError, match="unsupported PostgreSQL DATABASE_URL option"):
+        engine_url(f"postgres://u@h/chat?sslmode=require&{option}")

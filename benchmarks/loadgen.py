@@ -1,0 +1,702 @@
+"""Load generator: STOMP 1.2 over WebSocket (aiohttp client, uvloop) for chat_server or RabbitMQ.
+
+One process runs one shard of a `Plan`: it opens its share of the subscriber connections (CONNECT,
+SUBSCRIBE with a receipt), its share of the publishers (CONNECT), then tells the parent it is
+ready and waits for `GO` on stdin, so that no publisher starts before every shard has subscribed.
+Publishers send for `duration_s`, each with at most `window` SENDs not yet receipted, paced to
+`rate` messages/s in total (0: as fast as the window allows). Every message body carries
+`bench|<publisher>|<n>|<send time ns>|`, where `n` counts 1, 2, 3, ... per (publisher, room);
+subscribers measure latency from it (one clock: everything runs on this machine) and count what
+is duplicated, out of order and, at the end, lost.
+
+Protocol with the parent (`benchmarks.run`): stdout lines `@@READY {json}`, `@@LOADEND` and
+`@@RESULT {json}`; stdin `GO`. `python -m benchmarks.loadgen PLAN.json --no-wait` runs a plan
+alone (against servers and rooms that already exist).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import random
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import WSMsgType
+
+MARKER = "bench|"
+SUBPROTOCOLS = ("v12.stomp",)
+#: Histogram resolution: buckets are exp(i / SCALE) microseconds, about 2.5 % wide.
+HIST_SCALE = 40.0
+HIST_BUCKETS = 800  # exp(800 / 40) us: far beyond any bounded run
+
+
+# --- the plan: who connects where, who publishes to which room -----------------------------------
+
+
+@dataclass(slots=True)
+class Plan:
+    target: str  # "chat" (chat_server) or "rabbit" (RabbitMQ Web-STOMP)
+    urls: list[str]
+    room_ids: list[int]
+    subs_per_room: int
+    publishers: int
+    #: Messages per second over all publishers; 0 = as fast as the window allows.
+    rate: float
+    window: int
+    duration_s: float
+    slow_fraction: float = 0.0
+    payload_bytes: int = 64
+    jwt_secret: str | None = None
+    connect_concurrency: int = 100
+    shard: int = 0
+    shards: int = 1
+    #: After the load: how long to wait at most for receipts and deliveries still under way.
+    drain_s: float = 10.0
+    #: The run ends early once no delivery arrived for this long after the last receipt.
+    quiet_s: float = 1.0
+    setup_timeout_s: float = 120.0
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Plan:
+        return cls(**raw)
+
+
+def sub_user(room_index: int, k: int) -> str:
+    return f"s{room_index}-{k}"
+
+
+def pub_user(p: int) -> str:
+    return f"p{p}"
+
+
+def publisher_rooms(p: int, rooms: int, publishers: int) -> list[int]:
+    """Room indexes publisher `p` sends to (round robin): every room has exactly one publisher."""
+    return list(range(p, rooms, publishers))
+
+
+def publisher_of(room_index: int, publishers: int) -> int:
+    return room_index % publishers
+
+
+def is_slow(global_index: int, slow_fraction: float) -> bool:
+    """Every n-th subscriber stops reading (n = 1 / slow_fraction), over all rooms and workers."""
+    if slow_fraction <= 0:
+        return False
+    step = max(1, round(1 / slow_fraction))
+    return global_index % step == step - 1
+
+
+# --- measurements --------------------------------------------------------------------------------
+
+
+class Histogram:
+    """Latencies in microseconds, log buckets (about 2.5 %), mergeable by adding counts."""
+
+    __slots__ = ("counts", "max_us", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * HIST_BUCKETS
+        self.max_us = 0
+        self.total = 0
+
+    def add(self, us: int) -> None:
+        if us < 0:
+            us = 0
+        index = int(math.log1p(us) * HIST_SCALE)
+        self.counts[index if index < HIST_BUCKETS else HIST_BUCKETS - 1] += 1
+        if us > self.max_us:
+            self.max_us = us
+        self.total += 1
+
+    def merge(self, other: Histogram) -> None:
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.max_us = max(self.max_us, other.max_us)
+        self.total += other.total
+
+    def percentile_ms(self, q: float) -> float:
+        if not self.total:
+            return float("nan")
+        rank = q / 100 * self.total
+        seen = 0
+        for index, count in enumerate(self.counts):
+            seen += count
+            if count and seen >= rank:
+                # The bucket's upper edge, never above the largest value seen.
+                return min(math.expm1((index + 1) / HIST_SCALE), self.max_us) / 1000
+        return self.max_us / 1000
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "counts": {str(i): c for i, c in enumerate(self.counts) if c},
+            "max_us": self.max_us,
+            "total": self.total,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Histogram:
+        hist = cls()
+        for index, count in raw["counts"].items():
+            hist.counts[int(index)] = int(count)
+        hist.max_us = int(raw["max_us"])
+        hist.total = int(raw["total"])
+        return hist
+
+
+@dataclass(slots=True)
+class ShardResult:
+    shard: int
+    subscribers: int = 0
+    publishers: int = 0
+    slow_subscribers: int = 0
+    setup_failures: int = 0
+    setup_errors: list[str] = field(default_factory=list)
+    setup_s: float = 0.0
+    connect_rate: float = 0.0
+    sent: int = 0
+    receipted: int = 0
+    unreceipted: int = 0
+    #: Per room index: messages sent to it, fast subscribers of it here, unique messages they got.
+    room_sent: dict[str, int] = field(default_factory=dict)
+    room_subs: dict[str, int] = field(default_factory=dict)
+    room_unique: dict[str, int] = field(default_factory=dict)
+    received: int = 0
+    duplicated: int = 0
+    out_of_order: int = 0
+    errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+    closed_early: int = 0
+    slow_cut: int = 0
+    go_ns: int = 0
+    load_end_ns: int = 0
+    last_delivery_ns: int = 0
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    hist: dict[str, Any] = field(default_factory=dict)
+
+
+# --- STOMP frames (plain strings: every header and body here is ASCII) ---------------------------
+
+
+def connect_frame(plan: Plan, user: str) -> str:
+    if plan.target == "chat":
+        assert plan.jwt_secret is not None
+        token = _mint(plan.jwt_secret, user)
+        auth = f"Authorization:Bearer {token}\n"
+        host = "localhost"
+    else:
+        auth = "login:guest\npasscode:guest\n"
+        host = "/"
+    return f"CONNECT\naccept-version:1.2\nhost:{host}\n{auth}heart-beat:0,0\n\n\0"
+
+
+def _mint(secret: str, user: str) -> str:
+    from chat_server.auth import TokenAuthority  # only the chat target needs it
+
+    return TokenAuthority(secret).mint(user, ttl_s=6 * 3600)
+
+
+def room_destination(plan: Plan, room_id: int) -> str:
+    if plan.target == "chat":
+        return f"/queue/chat-rooms/{room_id}"
+    return f"/topic/room.{room_id}"
+
+
+def subscribe_frame(plan: Plan, room_id: int) -> str:
+    destination = room_destination(plan, room_id)
+    return f"SUBSCRIBE\nid:0\ndestination:{destination}\nack:auto\nreceipt:sub\n\n\0"
+
+
+def send_frame(plan: Plan, room_id: int, content: str, receipt: int, cmid: str) -> str:
+    if plan.target == "chat":
+        body = (
+            f'{{"chatRoomId":{room_id},"content":"{content}","clientMessageId":"{cmid}"}}'
+        )
+        return (
+            "SEND\ndestination:/app/message\ncontent-type:application/json\n"
+            f"receipt:{receipt}\ncontent-length:{len(body)}\n\n{body}\0"
+        )
+    return (
+        f"SEND\ndestination:/topic/room.{room_id}\ncontent-type:text/plain\n"
+        f"receipt:{receipt}\ncontent-length:{len(content)}\n\n{content}\0"
+    )
+
+
+class Closed(Exception):
+    pass
+
+
+def split_frames(buffer: str, data: str) -> tuple[list[str], str]:
+    """Complete frames in `buffer + data` (EOL heart-beats dropped) and the incomplete rest."""
+    text = buffer + data if buffer else data
+    frames = text.split("\0")
+    rest = frames.pop()
+    if not rest.strip("\r\n"):
+        rest = ""
+    return [frame.lstrip("\r\n") for frame in frames], rest
+
+
+async def next_frame(ws: aiohttp.ClientWebSocketResponse, pending: list[str],
+                     buffer: list[str]) -> str:
+    """The next frame during setup (before the reader task runs)."""
+    while not pending:
+        message = await ws.receive()
+        if message.type is WSMsgType.TEXT:
+            data = message.data
+        elif message.type is WSMsgType.BINARY:
+            data = message.data.decode()
+        else:
+            raise Closed(f"closed during setup ({message.type.name}, {ws.close_code})")
+        frames, buffer[0] = split_frames(buffer[0], data)
+        pending.extend(frame for frame in frames if frame)
+    return pending.pop(0)
+
+
+async def expect(ws: aiohttp.ClientWebSocketResponse, command: str, pending: list[str],
+                 buffer: list[str]) -> str:
+    frame = await next_frame(ws, pending, buffer)
+    if not frame.startswith(command + "\n"):
+        raise Closed(f"expected {command}, got {frame[:300]!r}")
+    return frame
+
+
+# --- subscribers ---------------------------------------------------------------------------------
+
+
+class Subscriber:
+    """One subscription: counts per publisher what arrives, in order or not, once or twice."""
+
+    __slots__ = (
+        "buffer", "closed", "dup", "error_text", "errors", "hist", "index", "last",
+        "last_ns", "missing", "ooo", "received", "room_index", "slow", "task", "unique", "ws",
+    )
+
+    def __init__(self, index: int, room_index: int, slow: bool, hist: Histogram) -> None:
+        self.index = index
+        self.room_index = room_index
+        self.slow = slow
+        self.hist = hist
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.buffer = ""
+        self.last: dict[int, int] = {}
+        self.missing: dict[int, set[int]] = {}
+        self.received = 0
+        self.unique = 0
+        self.dup = 0
+        self.ooo = 0
+        self.errors = 0
+        self.error_text = ""
+        self.closed = False
+        self.last_ns = 0
+
+    async def read_forever(self) -> None:
+        ws = self.ws
+        assert ws is not None
+        while True:
+            message = await ws.receive()
+            if message.type is WSMsgType.TEXT:
+                data = message.data
+            elif message.type is WSMsgType.BINARY:
+                data = message.data.decode()
+            else:
+                self.closed = True
+                return
+            now = time.time_ns()
+            frames, self.buffer = split_frames(self.buffer, data)
+            for frame in frames:
+                if frame.startswith("MESSAGE\n"):
+                    self.on_message(frame, now)
+                elif frame.startswith("ERROR\n"):
+                    self.errors += 1
+                    self.error_text = self.error_text or frame[:300]
+            self.last_ns = now
+
+    def on_message(self, frame: str, now: int) -> None:
+        at = frame.find(MARKER)
+        if at < 0:
+            return
+        pub_s, n_s, sent_s, _ = frame[at + 6 : at + 70].split("|", 3)
+        pub, n = int(pub_s), int(n_s)
+        self.received += 1
+        self.hist.add((now - int(sent_s)) // 1000)
+        last = self.last.get(pub, 0)
+        if n == last + 1:
+            self.last[pub] = n
+            self.unique += 1
+        elif n > last:
+            self.missing.setdefault(pub, set()).update(range(last + 1, n))
+            self.last[pub] = n
+            self.unique += 1
+        else:
+            missing = self.missing.get(pub)
+            if missing is not None and n in missing:
+                missing.discard(n)
+                self.ooo += 1
+                self.unique += 1
+            else:
+                self.dup += 1
+
+
+# --- publishers ----------------------------------------------------------------------------------
+
+
+class Publisher:
+    """Sends to its rooms in turn, at most `window` SENDs unreceipted."""
+
+    def __init__(self, plan: Plan, p: int, rooms: list[int]) -> None:
+        self.plan = plan
+        self.p = p
+        self.rooms = rooms  # room indexes
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.counters = dict.fromkeys(rooms, 0)
+        self.sent = 0
+        self.receipted = 0
+        self.errors = 0
+        self.error_text = ""
+        self.free = asyncio.Event()
+        self.free.set()
+        self.closed = False
+        self.pad = "x" * max(0, plan.payload_bytes - 40)
+
+    @property
+    def inflight(self) -> int:
+        return self.sent - self.receipted
+
+    async def read_receipts(self) -> None:
+        ws = self.ws
+        assert ws is not None
+        buffer = ""
+        while True:
+            message = await ws.receive()
+            if message.type is WSMsgType.TEXT:
+                data = message.data
+            elif message.type is WSMsgType.BINARY:
+                data = message.data.decode()
+            else:
+                self.closed = True
+                self.free.set()
+                return
+            frames, buffer = split_frames(buffer, data)
+            for frame in frames:
+                if frame.startswith("RECEIPT\n"):
+                    self.receipted += 1
+                elif frame.startswith("ERROR\n"):
+                    self.errors += 1
+                    self.error_text = self.error_text or frame[:300]
+            if self.inflight < self.plan.window:
+                self.free.set()
+
+    async def run(self, deadline: float, interval: float) -> None:
+        """Send until `deadline` (loop time), one message every `interval` s (0: unpaced)."""
+        ws = self.ws
+        assert ws is not None
+        loop = asyncio.get_running_loop()
+        plan = self.plan
+        room_ids = plan.room_ids
+        next_at = loop.time() + (random.random() * interval if interval else 0.0)
+        turn = 0
+        while not self.closed:
+            if interval:
+                now = loop.time()
+                if next_at > now:
+                    await asyncio.sleep(next_at - now)
+                next_at = max(next_at + interval, loop.time() - 1.0)  # no catch-up burst > 1 s
+            if loop.time() >= deadline:
+                return
+            while self.inflight >= plan.window and not self.closed:
+                self.free.clear()
+                await self.free.wait()
+            room = self.rooms[turn % len(self.rooms)]
+            turn += 1
+            n = self.counters[room] = self.counters[room] + 1
+            content = f"{MARKER}{self.p}|{n}|{time.time_ns()}|{self.pad}"
+            frame = send_frame(plan, room_ids[room], content, self.sent, f"p{self.p}-{room}-{n}")
+            self.sent += 1
+            try:
+                await ws.send_str(frame)
+            except (ConnectionError, RuntimeError):
+                self.closed = True
+                return
+
+
+# --- one shard's run -----------------------------------------------------------------------------
+
+
+class LoadGen:
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.hist = Histogram()
+        self.subscribers: list[Subscriber] = []
+        self.publishers: list[Publisher] = []
+        self.result = ShardResult(shard=plan.shard)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _url(self, index: int) -> str:
+        return self.plan.urls[index % len(self.plan.urls)]
+
+    async def _open(self, url: str, user: str) -> tuple[aiohttp.ClientWebSocketResponse,
+                                                       list[str], list[str]]:
+        assert self._session is not None
+        ws = await self._session.ws_connect(
+            url, protocols=SUBPROTOCOLS, autoping=True, heartbeat=None, compress=0,
+            max_msg_size=0,
+        )
+        pending: list[str] = []
+        buffer = [""]
+        await ws.send_str(connect_frame(self.plan, user))
+        await expect(ws, "CONNECTED", pending, buffer)
+        return ws, pending, buffer
+
+    async def _setup_subscriber(self, sub: Subscriber, gate: asyncio.Semaphore) -> None:
+        plan = self.plan
+        user = sub_user(sub.room_index, sub.index % plan.subs_per_room)
+        async with gate:
+            try:
+                ws, pending, buffer = await self._open(self._url(sub.index), user)
+                sub.ws = ws
+                await ws.send_str(subscribe_frame(plan, plan.room_ids[sub.room_index]))
+                await expect(ws, "RECEIPT", pending, buffer)
+            except (Closed, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                self.result.setup_failures += 1
+                if len(self.result.setup_errors) < 5:
+                    self.result.setup_errors.append(f"{type(exc).__name__}: {exc}"[:300])
+                return
+        sub.buffer = buffer[0]
+        for frame in pending:
+            if frame.startswith("MESSAGE\n"):
+                sub.on_message(frame, time.time_ns())
+        sub.task = asyncio.create_task(sub.read_forever())
+
+    async def _setup_publisher(self, pub: Publisher, gate: asyncio.Semaphore) -> None:
+        async with gate:
+            try:
+                ws, _pending, _buffer = await self._open(self._url(pub.p), pub_user(pub.p))
+            except (Closed, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                self.result.setup_failures += 1
+                if len(self.result.setup_errors) < 5:
+                    self.result.setup_errors.append(f"publisher: {type(exc).__name__}: {exc}")
+                pub.closed = True
+                return
+        pub.ws = ws
+        asyncio.create_task(pub.read_receipts())  # noqa: RUF006 - ends when the socket closes
+
+    def _build(self) -> None:
+        plan = self.plan
+        rooms = len(plan.room_ids)
+        for room_index in range(rooms):
+            for k in range(plan.subs_per_room):
+                index = room_index * plan.subs_per_room + k
+                if index % plan.shards != plan.shard:
+                    continue
+                slow = is_slow(index, plan.slow_fraction)
+                hist = self.hist if not slow else Histogram()
+                self.subscribers.append(Subscriber(index, room_index, slow, hist))
+        for p in range(plan.publishers):
+            if p % plan.shards == plan.shard:
+                rooms_of_p = publisher_rooms(p, rooms, plan.publishers)
+                self.publishers.append(Publisher(plan, p, rooms_of_p))
+
+    async def setup(self) -> None:
+        self._build()
+        # No per-host connection cap: every WebSocket holds its connection for the whole run.
+        connector = aiohttp.TCPConnector(limit=0, force_close=False)
+        self._session = aiohttp.ClientSession(connector=connector)
+        gate = asyncio.Semaphore(self.plan.connect_concurrency)
+        started = time.monotonic()
+        async with asyncio.timeout(self.plan.setup_timeout_s):
+            await asyncio.gather(*(self._setup_subscriber(s, gate) for s in self.subscribers))
+            subscribed = time.monotonic()
+            await asyncio.gather(*(self._setup_publisher(p, gate) for p in self.publishers))
+        result = self.result
+        result.subscribers = len(self.subscribers)
+        result.publishers = len(self.publishers)
+        result.slow_subscribers = sum(1 for s in self.subscribers if s.slow)
+        result.setup_s = time.monotonic() - started
+        result.connect_rate = len(self.subscribers) / max(subscribed - started, 1e-9)
+
+    async def load(self) -> None:
+        plan = self.plan
+        loop = asyncio.get_running_loop()
+        cpu0 = time.process_time()
+        wall0 = time.monotonic()
+        self.result.go_ns = time.time_ns()
+        for sub in self.subscribers:
+            if sub.slow and sub.task is not None:
+                sub.task.cancel()  # stop reading: the socket's buffers fill up, then the server's
+        interval = plan.publishers / plan.rate if plan.rate > 0 else 0.0
+        deadline = loop.time() + plan.duration_s
+        runs = [pub.run(deadline, interval) for pub in self.publishers if pub.ws is not None]
+        if runs:
+            await asyncio.gather(*runs)
+        else:
+            await asyncio.sleep(plan.duration_s)
+        await self._drain(loop.time() + plan.drain_s)
+        self.result.load_end_ns = time.time_ns()
+        self.result.cpu_s = time.process_time() - cpu0
+        self.result.wall_s = time.monotonic() - wall0
+
+    def _expected_here(self) -> int | None:
+        """Deliveries this shard's fast subscribers should get, if its publishers are all here."""
+        if self.plan.shards != 1:
+            return None
+        sent = {room: pub.counters[room] for pub in self.publishers for room in pub.rooms}
+        return sum(sent.get(s.room_index, 0) for s in self.subscribers if not s.slow)
+
+    async def _drain(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        while loop.time() < deadline and any(
+            p.inflight and not p.closed for p in self.publishers
+        ):
+            await asyncio.sleep(0.02)
+        receipts_done = time.time_ns()
+        quiet_ns = int(self.plan.quiet_s * 1e9)
+        while loop.time() < deadline:
+            expected = self._expected_here()
+            fast = [s for s in self.subscribers if not s.slow]
+            if expected is not None and sum(s.unique for s in fast) >= expected:
+                return
+            latest = max([receipts_done, *(s.last_ns for s in fast)])
+            if time.time_ns() - latest > quiet_ns:
+                return
+            await asyncio.sleep(0.02)
+
+    async def finish(self) -> ShardResult:
+        result = self.result
+        await self._check_slow()
+        for pub in self.publishers:
+            result.sent += pub.sent
+            result.receipted += pub.receipted
+            result.unreceipted += pub.inflight
+            result.errors += pub.errors
+            if pub.error_text and len(result.error_samples) < 5:
+                result.error_samples.append(pub.error_text)
+            for room, count in pub.counters.items():
+                result.room_sent[str(room)] = result.room_sent.get(str(room), 0) + count
+        for sub in self.subscribers:
+            self._collect(sub)
+        result.hist = self.hist.to_json()
+        await self.close()
+        return result
+
+    def _collect(self, sub: Subscriber) -> None:
+        result = self.result
+        if sub.error_text and len(result.error_samples) < 5:
+            result.error_samples.append(sub.error_text)
+        if sub.slow:
+            return
+        key = str(sub.room_index)
+        result.room_subs[key] = result.room_subs.get(key, 0) + 1
+        result.room_unique[key] = result.room_unique.get(key, 0) + sub.unique
+        result.received += sub.received
+        result.duplicated += sub.dup
+        result.out_of_order += sub.ooo
+        result.errors += sub.errors
+        result.closed_early += int(sub.closed)
+        result.last_delivery_ns = max(result.last_delivery_ns, sub.last_ns)
+
+    async def _check_slow(self) -> None:
+        """Did the server cut the subscribers that stopped reading? Read what they were sent."""
+        slow = [s for s in self.subscribers if s.slow and s.ws is not None]
+
+        async def cut(sub: Subscriber) -> bool:
+            assert sub.ws is not None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(3.0):
+                    while True:
+                        message = await sub.ws.receive()
+                        if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                            return True
+            return False
+
+        if slow:
+            self.result.slow_cut = sum(await asyncio.gather(*(cut(s) for s in slow)))
+
+    async def close(self) -> None:
+        sockets = [s.ws for s in self.subscribers if s.ws is not None]
+        sockets += [p.ws for p in self.publishers if p.ws is not None]
+        for sub in self.subscribers:
+            if sub.task is not None:
+                sub.task.cancel()
+        gate = asyncio.Semaphore(500)
+
+        async def close_one(ws: aiohttp.ClientWebSocketResponse) -> None:
+            async with gate:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ws.close(), 2.0)
+
+        await asyncio.gather(*(close_one(ws) for ws in sockets))
+        if self._session is not None:
+            await self._session.close()
+
+
+# --- process entry -------------------------------------------------------------------------------
+
+
+def raise_fd_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _emit(tag: str, payload: dict[str, Any] | None = None) -> None:
+    line = f"@@{tag}" if payload is None else f"@@{tag} {json.dumps(payload)}"
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+async def _wait_for_go() -> None:
+    loop = asyncio.get_running_loop()
+    line = await loop.run_in_executor(None, sys.stdin.readline)
+    if line.strip() != "GO":
+        raise SystemExit(f"loadgen: expected GO, got {line!r}")
+
+
+async def run_shard(plan: Plan, *, wait: bool) -> ShardResult:
+    gen = LoadGen(plan)
+    try:
+        await gen.setup()
+        result = gen.result
+        _emit("READY", {"setup_s": result.setup_s, "failures": result.setup_failures})
+        if wait:
+            await _wait_for_go()
+        await gen.load()
+        _emit("LOADEND")
+        return await gen.finish()
+    except BaseException:
+        await gen.close()
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks.loadgen", description=__doc__)
+    parser.add_argument("plan", help="a JSON file holding a Plan")
+    parser.add_argument("--no-wait", action="store_true", help="start at once, without GO")
+    args = parser.parse_args(argv)
+    with open(args.plan, encoding="utf-8") as handle:
+        plan = Plan.from_json(json.load(handle))
+    raise_fd_limit()
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        runner = asyncio.run
+    result = runner(run_shard(plan, wait=not args.no_wait))
+    _emit("RESULT", asdict(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,491 @@
+"""One command for every scenario, chat_server and RabbitMQ Web-STOMP side by side.
+
+    python -m benchmarks.run [--quick] [--scenarios a,b,c,d] [--repeat 3] [--profile]
+
+Scenarios (the issue's):
+  a  fan-out: 1 room, 500 subscribers, 1 publisher as fast as a window of 10 unreceipted SENDs
+     allows, 10 s
+  b  many rooms: 1 000 rooms x 2 subscribers, 50 publishers at 2 000 msg/s in total, 20 s
+     (chat_server with 2 workers behind Redis, and with 1 worker and no Redis); then the highest
+     rate at which p99 stays under 50 ms (a few steps up)
+  c  idle: 5 000 connections, each subscribed to its own room, held 30 s
+  d  slow consumers: b, while every tenth subscriber stops reading
+
+Every run starts its own servers on free ports (chat_server on a fresh copy of a seeded SQLite
+database; a private RabbitMQ node) and its own load generator processes, everything on loopback.
+Figures are medians over the repetitions (lost, duplicated, out of order: the worst one).
+`--quick` is a few-seconds smoke run of chat_server only (the CI test runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import queue
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from benchmarks.loadgen import Plan, raise_fd_limit
+from benchmarks.report import (
+    Row,
+    combine,
+    format_verdicts,
+    merge_shards,
+    summarize_profile,
+    table,
+    verdicts,
+)
+from benchmarks.servers import (
+    REPO_ROOT,
+    ChatTarget,
+    Layout,
+    RabbitTarget,
+    Servers,
+    cpu_seconds,
+    rss_bytes,
+)
+
+MiB = 2**20
+OUTBOX_BYTES = 524288  # chat_server's default CHAT_OUTBOX_BYTES
+SEARCH_RATES = (100, 200, 350, 500, 1000, 1500, 2000, 3000, 4000, 6000, 8000)
+SEARCH_P99_MS = 50.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    layout: Layout
+    rate: float
+    window: int
+    duration_s: float
+    slow_fraction: float = 0.0
+    idle: bool = False
+    quiet_s: float = 1.0
+
+
+FULL = {
+    "a": Scenario("a", Layout(1, 500, 1), rate=0, window=10, duration_s=10),
+    "b": Scenario("b", Layout(1000, 2, 50), rate=2000, window=10, duration_s=20),
+    "c": Scenario("c", Layout(5000, 1, 0), rate=0, window=1, duration_s=30, idle=True),
+    "d": Scenario("d", Layout(1000, 2, 50), rate=2000, window=10, duration_s=20,
+                  slow_fraction=0.1),
+}
+QUICK = {
+    "a": Scenario("a", Layout(1, 20, 1), rate=0, window=10, duration_s=2, quiet_s=0.5),
+    "b": Scenario("b", Layout(20, 2, 5), rate=200, window=10, duration_s=2, quiet_s=0.5),
+    "c": Scenario("c", Layout(200, 1, 0), rate=0, window=1, duration_s=1, idle=True),
+    "d": Scenario("d", Layout(20, 2, 5), rate=200, window=10, duration_s=2, slow_fraction=0.1,
+                  quiet_s=0.5),
+}
+
+
+class Target(Protocol):
+    label: str
+    kind: str
+    restart_each_run: bool
+
+    def room_ids(self, layout: Layout) -> list[int]: ...
+    def start(self, layout: Layout) -> Servers: ...
+    def stop(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class RunFailed(Exception):
+    pass
+
+
+# --- one run -------------------------------------------------------------------------------------
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pids: list[int], interval: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.pids = pids
+        self.interval = interval
+        self.samples: list[int] = []
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            self.samples.append(rss_bytes(self.pids))
+            self._done.wait(self.interval)
+
+    def finish(self) -> list[int]:
+        self._done.set()
+        self.join(5)
+        self.samples.append(rss_bytes(self.pids))
+        return self.samples
+
+
+class Shard:
+    """One load generator process and the tagged lines it prints."""
+
+    def __init__(self, plan: Plan, work: Path) -> None:
+        plan_file = work / f"plan{plan.shard}.json"
+        plan_file.write_text(json.dumps(asdict(plan)))
+        self.stderr_path = work / f"loadgen{plan.shard}.err"
+        with self.stderr_path.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.loadgen", str(plan_file)],
+                cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                text=True, start_new_session=True,
+            )
+        self.lines: queue.Queue[tuple[str, str]] = queue.Queue()
+        threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
+
+    def _pump(self, stream: IO[str] | None) -> None:
+        assert stream is not None
+        for line in stream:
+            if line.startswith("@@"):
+                tag, _, payload = line[2:].rstrip("\n").partition(" ")
+                self.lines.put((tag, payload))
+        self.lines.put(("EOF", ""))
+
+    def wait_for(self, tag: str, deadline: float) -> str:
+        while True:
+            try:
+                got, payload = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise RunFailed(f"load generator: no {tag} in time; {self.err_tail()}") from None
+            if got == tag:
+                return payload
+            if got == "EOF":
+                self.proc.wait(5)
+                raise RunFailed(f"load generator exited ({self.proc.returncode}) before {tag}: "
+                                f"{self.err_tail()}")
+
+    def go(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("GO\n")
+        self.proc.stdin.flush()
+
+    def err_tail(self) -> str:
+        try:
+            return " | ".join(self.stderr_path.read_text(errors="replace").splitlines()[-6:])
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+
+
+def _plans(target: Target, scenario: Scenario, servers: Servers, secret: str,
+           shards: int) -> list[Plan]:
+    layout = scenario.layout
+    base = Plan(
+        target=target.kind, urls=servers.urls, room_ids=target.room_ids(layout),
+        subs_per_room=layout.subs_per_room, publishers=layout.publishers, rate=scenario.rate,
+        window=scenario.window, duration_s=scenario.duration_s,
+        slow_fraction=scenario.slow_fraction, jwt_secret=secret if target.kind == "chat" else None,
+        quiet_s=scenario.quiet_s, shards=shards,
+    )
+    return [replace(base, shard=index) for index in range(shards)]
+
+
+def _start_profiler(pid: int | None, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if pid is None or not Path(spy).exists():
+        print(f"  (no profile: py-spy not found at {spy})", file=sys.stderr)
+        return None
+    return subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--rate", "200", "--duration",
+         str(max(1, math.ceil(seconds))), "--format", "raw", "--nonblocking", "-o", str(out)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def run_once(target: Target, scenario: Scenario, *, secret: str, work: Path, shards: int,
+             profile_to: Path | None = None) -> dict[str, float]:
+    servers = target.start(scenario.layout)
+    running: list[Shard] = []
+    try:
+        rss_base = rss_bytes(servers.refresh())
+        running = [Shard(plan, work) for plan in _plans(target, scenario, servers, secret, shards)]
+        setup_deadline = time.monotonic() + 300
+        for shard in running:
+            shard.wait_for("READY", setup_deadline)
+        pids = servers.refresh()
+        profiler = (_start_profiler(servers.profile_pid, scenario.duration_s, profile_to)
+                    if profile_to is not None else None)
+        sampler = RssSampler(pids)
+        sampler.start()
+        cpu0 = cpu_seconds(pids)
+        for shard in running:
+            shard.go()
+        end_deadline = time.monotonic() + scenario.duration_s + 60
+        for shard in running:
+            shard.wait_for("LOADEND", end_deadline)
+        cpu1 = cpu_seconds(pids)
+        samples = sampler.finish()
+        results = [json.loads(shard.wait_for("RESULT", time.monotonic() + 60))
+                   for shard in running]
+        if profiler is not None:
+            try:
+                profiler.wait(15)
+            except subprocess.TimeoutExpired:
+                profiler.send_signal(signal.SIGINT)
+                profiler.wait(10)
+    finally:
+        for shard in running:
+            shard.kill()
+        target.stop()
+    return _figures(scenario, merge_shards(results), cpu1 - cpu0, rss_base, samples)
+
+
+def _figures(scenario: Scenario, merged: dict[str, float], server_cpu: float, rss_base: int,
+             samples: list[int]) -> dict[str, float]:
+    figures = dict(merged)
+    figures["server_cpu_s"] = server_cpu
+    figures["rss_base_mib"] = rss_base / MiB
+    figures["rss_peak_mib"] = max(samples) / MiB
+    figures["gen_cpu_pct"] = 100 * merged["cpu_s"] / max(merged["wall_s"], 1e-9)
+    if scenario.idle:
+        held = sorted(samples)[len(samples) // 2]
+        figures["kib_per_conn"] = (held - rss_base) / 1024 / max(merged["subscribers"], 1)
+        for key in ("p50", "p90", "p99", "max", "lost", "duplicated", "out_of_order"):
+            figures[key] = math.nan
+        return figures
+    figures["connect_rate"] = math.nan
+    figures["sent_per_s"] = merged["sent"] / scenario.duration_s
+    span = max(scenario.duration_s, merged["delivery_span_s"])
+    figures["delivered_per_s"] = merged["received"] / span
+    figures["deliveries_per_cpu_s"] = merged["received"] / server_cpu if server_cpu else math.nan
+    return figures
+
+
+# --- the whole benchmark -------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    root: Path
+    secret: str
+    specs: dict[str, Scenario]
+    targets: dict[str, list[Target]]
+    profile_dir: Path | None
+
+    def repeat(self, target: Target, scenario: Scenario, repeat: int) -> Row:
+        runs: list[dict[str, float]] = []
+        failures: list[str] = []
+        target.restart_each_run = target.kind == "chat" or scenario.idle
+        for rep in range(repeat):
+            print(f"  {target.label:<22} {scenario.name:<7} run {rep + 1}/{repeat} ...",
+                  end="", flush=True, file=sys.stderr)
+            try:
+                figures = self._one(target, scenario)
+            except (RunFailed, RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                failures.append(f"run {rep + 1} failed: {exc}"[:400])
+                print(f" FAILED: {exc}", file=sys.stderr)
+                continue
+            runs.append(figures)
+            print(f" p99 {figures.get('p99', math.nan):.1f} ms, "
+                  f"{figures.get('received', 0):.0f} deliveries", file=sys.stderr)
+        row = combine(target.label, scenario.name, runs) if runs else Row(target.label,
+                                                                         scenario.name)
+        row.failures = failures
+        return row
+
+    def _one(self, target: Target, scenario: Scenario, profile: Path | None = None
+             ) -> dict[str, float]:
+        work = Path(tempfile.mkdtemp(prefix="run-", dir=self.root))
+        return run_once(target, scenario, secret=self.secret, work=work,
+                        shards=self.args.loadgen_procs, profile_to=profile)
+
+    def profile(self, target: Target, scenario: Scenario) -> str:
+        assert self.profile_dir is not None
+        out = self.profile_dir / f"profile-{target.label.replace(' ', '_')}-{scenario.name}.txt"
+        print(f"  {target.label:<22} {scenario.name:<7} profiled run ...", file=sys.stderr)
+        try:
+            self._one(target, scenario, profile=out)
+        except (RunFailed, RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            return f"profile of {target.label} {scenario.name} failed: {exc}"
+        if not out.exists():
+            return f"profile of {target.label} {scenario.name}: py-spy wrote nothing"
+        return f"== {target.label}, scenario {scenario.name}\n" + summarize_profile(out)
+
+    def search(self, target: Target) -> tuple[str, list[Row]]:
+        """Rate steps up from 100 msg/s until p99 >= 50 ms, the rate is not reached, or loss."""
+        base = self.specs["b"]
+        duration = max(2.0, 5.0 * self.args.scale)
+        best: float | None = None
+        rows: list[Row] = []
+        reason = "every step passed"
+        for rate in SEARCH_RATES:
+            step = replace(base, name=f"b@{rate}", rate=rate, duration_s=duration)
+            row = self.repeat(target, step, 1)
+            rows.append(row)
+            ok = (not row.failures and row.get("p99") < SEARCH_P99_MS
+                  and row.get("sent_per_s") >= 0.95 * rate and row.get("lost") == 0)
+            if not ok:
+                reason = (f"{rate} msg/s: p99 {row.get('p99'):.1f} ms, sent "
+                          f"{row.get('sent_per_s'):.0f}/s, lost {row.get('lost'):.0f}")
+                break
+            best = rate
+        text = (f"{target.label}: highest rate with p99 < {SEARCH_P99_MS:.0f} ms: "
+                f"{best if best is not None else '< ' + str(SEARCH_RATES[0])} msg/s "
+                f"(stopped at {reason})")
+        return text, rows
+
+
+def _scaled(spec: Scenario, scale: float) -> Scenario:
+    return replace(spec, duration_s=max(1.0, spec.duration_s * scale))
+
+
+def _machine() -> dict[str, Any]:
+    model = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": model,
+        "ram_gib": round(mem_kib / 2**20, 1),
+        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
+        "python": sys.version.split()[0],
+    }
+
+
+def _targets(args: argparse.Namespace, root: Path, secret: str) -> tuple[dict[str, list[Target]],
+                                                                          dict[str, str]]:
+    chat1 = ChatTarget("chat_server", root, secret=secret)
+    has_redis = shutil.which("redis-server") is not None or Path("/usr/sbin/redis-server").exists()
+    chat2 = (ChatTarget("chat_server 2w+redis", root, workers=2, redis=True, secret=secret)
+             if has_redis else chat1)
+    wanted = set(args.targets.split(","))
+    rabbit: list[Target] = []
+    if not args.quick and "rabbit" in wanted:
+        if RabbitTarget.available():
+            rabbit = [RabbitTarget("rabbitmq", root)]
+        else:
+            print("RabbitMQ with rabbitmq_web_stomp is not installed: chat_server only",
+                  file=sys.stderr)
+    chats: dict[str, list[Target]] = {"a": [chat1], "b": [chat2, chat1], "c": [chat1],
+                                      "d": [chat2]}
+    if args.quick:
+        chats["b"] = [chat2]
+    if "chat" not in wanted:
+        chats = {key: [] for key in chats}
+    targets = {key: [*value, *rabbit] for key, value in chats.items()}
+    labels = {"a": chat1.label, "c": chat1.label, "d": chat2.label}
+    return targets, labels
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="a few seconds, chat_server only, small numbers (the CI smoke run)")
+    parser.add_argument("--scenarios", default="a,b,c,d", help="comma list of a, b, c, d")
+    parser.add_argument("--repeat", type=int, default=None, help="runs per figure (3; quick: 1)")
+    parser.add_argument("--targets", default="chat,rabbit", help="chat, rabbit or both")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="multiply every duration (e.g. 0.3 for a shorter full run)")
+    parser.add_argument("--no-search", action="store_true", help="skip (b)'s rate search")
+    parser.add_argument("--profile", action="store_true",
+                        help="one extra run per chat_server scenario under py-spy (not counted)")
+    parser.add_argument("--loadgen-procs", type=int, default=1,
+                        help="load generator processes (more on a machine with spare cores)")
+    parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, databases)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    repeat = args.repeat or (1 if args.quick else 3)
+    raise_fd_limit()  # the servers we start inherit it
+    root = Path(tempfile.mkdtemp(prefix="chat-bench-"))
+    secret = secrets.token_urlsafe(32)
+    targets, labels = _targets(args, root, secret)
+    specs = {name: _scaled(spec, args.scale) for name, spec in (QUICK if args.quick
+                                                                 else FULL).items()}
+    profile_dir = None
+    if args.profile:
+        profile_dir = REPO_ROOT / "benchmarks" / "results"
+        profile_dir.mkdir(parents=True, exist_ok=True)
+    bench = Bench(args, root, secret, specs, targets, profile_dir)
+    machine = _machine()
+    rows: list[Row] = []
+    searches: list[str] = []
+    profiles: list[str] = []
+    started = time.monotonic()
+    try:
+        for name in [s.strip() for s in args.scenarios.split(",") if s.strip()]:
+            if name not in specs:
+                raise SystemExit(f"unknown scenario {name!r}")
+            for target in targets[name]:
+                rows.append(bench.repeat(target, specs[name], repeat))
+                if args.profile and target.kind == "chat" and name != "c":
+                    profiles.append(bench.profile(target, specs[name]))
+            if name == "b" and not args.quick and not args.no_search:
+                for target in targets[name]:
+                    text, _steps = bench.search(target)
+                    searches.append(text)
+    finally:
+        for group in targets.values():
+            for target in group:
+                target.close()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    machine["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    found = verdicts(rows, labels, "rabbitmq", OUTBOX_BYTES)
+    _print(machine, rows, searches, profiles, found, repeat, time.monotonic() - started, args)
+    if args.json is not None:
+        args.json.write_text(json.dumps({
+            "machine": machine, "repeat": repeat, "quick": args.quick,
+            "rows": [{"target": r.target, "scenario": r.scenario, "runs": r.runs,
+                      "failures": r.failures, **r.figures} for r in rows],
+            "verdicts": [asdict(v) for v in found], "search": searches,
+        }, indent=1, default=str, allow_nan=True))
+    failed_runs = any(row.failures for row in rows)
+    failed_targets = any(v.passed is False for v in found)
+    return 1 if failed_runs or (args.strict and failed_targets) else 0
+
+
+def _print(machine: dict[str, Any], rows: list[Row], searches: list[str], profiles: list[str],
+           found: list[Any], repeat: int, elapsed: float, args: argparse.Namespace) -> None:
+    print(f"\nmachine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['ram_gib']} GiB RAM, "
+          f"load average {' '.join(machine['loadavg'])} at start, "
+          f"{' '.join(machine['loadavg_end'])} at the end; Python {machine['python']}")
+    print(f"medians of {repeat} run(s) (lost/dup/ooo: the worst run); latencies in ms; "
+          f"server CPU s over the load; RSS: peak of all server processes; gen CPU%: the load "
+          f"generator, % of one core; {elapsed:.0f} s in all\n")
+    print(table(rows))
+    if searches:
+        print("\n(b) rate search:")
+        for text in searches:
+            print(f"  {text}")
+    if found:
+        print("\ntargets:")
+        print(format_verdicts(found))
+    for text in profiles:
+        print("\n" + text)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

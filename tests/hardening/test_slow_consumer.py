@@ -1,0 +1,71 @@
+"""W10 / FAULTS "slow consumer": a client that stops reading is cut off at the outbox limit or
+the send stall, while a fast client in the same room keeps receiving promptly."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+
+import pytest
+
+from chat_server.models import UserId
+from chat_server.stomp.frames import Command
+from tests.hardening.conftest import ServerFactory, connect_bytes, frame, send_body
+
+CONTENT = "x" * 8000
+MAX_MESSAGES = 2000
+
+
+@pytest.mark.parametrize(
+    ("limit", "overrides"),
+    [("outbox", {"outbox_bytes": 64 * 1024, "send_stall_s": 60.0}),
+     ("stall", {"outbox_bytes": 256 * 1024 * 1024, "send_stall_s": 1.0})],
+)
+async def test_a_client_that_never_reads_is_closed_and_others_are_not_delayed(
+    make_server: ServerFactory, caplog: pytest.LogCaptureFixture,
+    limit: str, overrides: dict[str, float],
+) -> None:
+    caplog.set_level(logging.INFO, logger="chat_server")
+    server = await make_server(**overrides)
+    room = await server.room("alice", "bob", "carol")
+    fast = await server.subscribed("bob", room)
+    slow = await server.raw(rcvbuf=4096)
+    await slow.send_text(connect_bytes(server.tokens.mint("carol")))
+    assert (await slow.receive()).payload.startswith(b"CONNECTED\n")
+    await slow.send_text(frame("SUBSCRIBE", [("id", "0"), ("destination",
+                                                           f"/queue/chat-rooms/{room}"),
+                                             ("receipt", "s")]))
+    assert (await slow.receive()).payload.startswith(b"RECEIPT\n")
+    # From here on carol reads nothing: her socket's buffers, then her outbox, fill up.
+    sessions = server.services.connections.sessions
+    assert any(s.user == "carol" for s in sessions)
+    alice = await server.ws("alice")
+    latencies: list[float] = []
+    sent = 0
+    closed_after: int | None = None
+    while sent < MAX_MESSAGES and (closed_after is None or sent < closed_after + 20):
+        started = time.monotonic()
+        await alice.send(Command.SEND, {"destination": "/app/message",
+                                        "content-type": "application/json"},
+                         send_body(room, CONTENT))
+        _, body = await fast.receive_message()
+        latencies.append(time.monotonic() - started)
+        sent += 1
+        assert body["seq"] == sent  # in order, none missing, for the fast client
+        if closed_after is None and not any(s.user == "carol" for s in sessions):
+            closed_after = sent
+    assert closed_after is not None, "the slow consumer was never closed"
+    p50, worst = statistics.median(latencies) * 1000, max(latencies) * 1000
+    print(f"{limit}: slow consumer closed after {closed_after} messages of 8 KB; "
+          f"fast p50 {p50:.1f} ms max {worst:.1f} ms")
+    # The fast client never waited on the slow one (generous bounds for a busy 2-core box).
+    assert max(latencies) < 1.0, max(latencies)
+    assert statistics.median(latencies) < 0.1
+    assert any("slow consumer" in record.getMessage() for record in caplog.records)
+    # Carol, reading again, finds the stream ended: an ERROR if it reached her, then the end.
+    data, code = await slow.stomp_until_close(timeout=10)
+    assert code in (1008, None)
+    if b"ERROR\n" in data:
+        assert b"message:slow consumer" in data
+    assert server.services.connections.by_user.get(UserId("carol")) is None

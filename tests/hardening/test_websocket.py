@@ -1,0 +1,143 @@
+"""BAD_INPUTS C5: WebSocket-level abuse, with a WebSocket client on a bare socket."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+import pytest
+
+from tests.hardening.conftest import Server, ServerFactory, connect_bytes, frame
+from tests.hardening.rawws import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, ws_frame
+
+
+@pytest.mark.parametrize("origin", ["null", "https://app.example.com.evil.com",
+                                    "https://evil.example", "https://APP.example.com",
+                                    "https://app.example.com/", "https://app.example.com:443"])
+async def test_w1_origins_off_the_exact_list_are_403(
+    make_server: ServerFactory, origin: str
+) -> None:
+    server = await make_server(allowed_origins=("https://app.example.com",))
+    raw = await server.raw(headers={"Origin": origin})
+    assert raw.status == 403
+    assert (await server.raw(headers={"Origin": "https://app.example.com"})).status == 101
+
+
+async def test_w2_no_origin_is_allowed_for_token_clients(server: Server) -> None:
+    raw = await server.raw()
+    assert raw.status == 101
+    await raw.send_text(connect_bytes(server.tokens.mint("alice")))
+    assert (await raw.receive()).payload.startswith(b"CONNECTED\n")
+
+
+async def test_w4_huge_declared_length_closes_1009_before_buffering(server: Server) -> None:
+    raw = await server.raw()
+    await raw.send(ws_frame(b"", TEXT, declared_length=2**40))
+    await raw.send(b"x" * 1000)  # trickled data that must never be buffered
+    assert await raw.close_code() == 1009
+    assert (await server.ws("alice")).ws.closed is False  # the worker is fine
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (ws_frame(b"CONNECT\n\n\0", TEXT, rsv=4), 1002),  # W5: RSV1, compression is off
+        (ws_frame(b"CONNECT\n\n\0", TEXT, rsv=1), 1002),  # W8: RSV3
+        (ws_frame("\xff\xfe".encode("latin-1"), TEXT), 1007),  # W6: invalid UTF-8 text
+        (ws_frame(b"x", TEXT, masked=False), 1002),  # W8: unmasked client frame
+        (ws_frame(b"x", 0x3), 1002),  # W8: reserved opcode
+        (ws_frame(b"x", PING, fin=False), 1002),  # W8: fragmented control frame
+        (ws_frame(b"x" * 126, PING), 1002),  # W8: control payload over 125 bytes
+        (ws_frame(b"x", CONTINUATION), 1002),  # W8: continuation without a start
+        (ws_frame(b"\x03\xe7", CLOSE), 1002),  # W8: invalid close code 999
+    ],
+)
+async def test_w5_w6_w8_bad_websocket_frames(server: Server, data: bytes, code: int) -> None:
+    raw = await server.raw()
+    await raw.send(data)
+    assert await raw.close_code() == code
+    assert (await server.ws("alice")).ws.closed is False
+
+
+async def test_w7_binary_and_fragmented_messages_carry_stomp(server: Server) -> None:
+    raw = await server.raw()
+    data = connect_bytes(server.tokens.mint("alice"))
+    await raw.send(ws_frame(data[:10], BINARY, fin=False) + ws_frame(data[10:], CONTINUATION))
+    assert (await raw.receive()).payload.startswith(b"CONNECTED\n")
+
+
+async def test_w9_ping_flood_is_answered_and_the_connection_still_serves(
+    server: Server
+) -> None:
+    """Answered differently: pings are not rate limited; each is answered (bounded by the
+    outbound limit) and the flood neither crashes nor starves the connection."""
+    raw = await server.raw()
+    await raw.send_text(connect_bytes(server.tokens.mint("alice")))
+    assert (await raw.receive()).payload.startswith(b"CONNECTED\n")
+    await raw.send(b"".join(ws_frame(b"p", PING) for _ in range(2000)))
+    await raw.send_text(frame("SUBSCRIBE", [("id", "1"), ("destination", "/user/queue/errors"),
+                                            ("receipt", "r")]))
+    pongs = 0
+    while True:
+        received = await raw.receive()
+        if received.opcode == PONG:
+            pongs += 1
+            continue
+        assert received.payload.startswith(b"RECEIPT\n")
+        break
+    assert pongs == 2000
+
+
+@pytest.mark.parametrize("header", [b"X-Big: " + b"a" * 65536,
+                                    b"\r\n".join(b"X-H%d: v" % n for n in range(2000))])
+async def test_w12_huge_handshakes_are_refused(server: Server, header: bytes) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                 + header + b"\r\n\r\n")
+    status = await asyncio.wait_for(reader.readline(), 5)
+    writer.close()
+    assert status.split()[1] in (b"400", b"431")
+    assert (await server.ws("alice")).ws.closed is False
+
+
+@pytest.mark.parametrize(
+    ("offered", "chosen"),
+    [(None, None), ("mqtt", None), (", ".join(f"p{n}" for n in range(1000)), None),
+     ("v10.stomp, v12.stomp, v11.stomp", "v12.stomp")],
+)
+async def test_w13_subprotocol_negotiation_is_bounded(
+    server: Server, offered: str | None, chosen: str | None
+) -> None:
+    raw = await server.raw(headers={"Sec-WebSocket-Protocol": offered})
+    assert raw.status == 101
+    assert raw.headers.get("sec-websocket-protocol") == chosen
+    await raw.send_text(connect_bytes(server.tokens.mint("alice")))
+    assert b"version:1.2" in (await raw.receive()).payload  # proceeds as STOMP 1.2
+
+
+async def test_w14_reset_mid_frame_returns_the_registry_to_baseline(server: Server) -> None:
+    room = await server.room("alice", "bob")
+    raw = await server.raw()
+    await raw.send_text(connect_bytes(server.tokens.mint("alice")))
+    assert (await raw.receive()).payload.startswith(b"CONNECTED\n")
+    await raw.send_text(frame("SUBSCRIBE", [("id", "1"), ("destination",
+                                                          f"/queue/chat-rooms/{room}"),
+                                            ("receipt", "r")]))
+    assert (await raw.receive()).payload.startswith(b"RECEIPT\n")
+    await raw.send(ws_frame(b"SEND\ndestination:/app/message\n\n{\"chatRoomId\"", BINARY,
+                            fin=False))
+    assert server.services.fanout.rooms_watched == 1
+    sock = raw.writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raw.writer.transport.abort()  # RST
+    for _ in range(200):
+        if not server.services.connections.sessions and not server.services.fanout.rooms_watched:
+            break
+        await asyncio.sleep(0.01)
+    assert not server.services.connections.sessions
+    assert server.services.fanout.rooms_watched == 0
+    assert server.services.connections.by_ip == {}
+    assert await server.history("alice", room) == []
+    assert (await server.ws("alice")).version.value == "1.2"

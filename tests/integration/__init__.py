@@ -1,0 +1,1 @@
+"""Integration tests: real worker processes, redis-server and nginx."""

@@ -1,0 +1,683 @@
+"""Fixtures for the scale-out tests: worker processes, a cluster, and resilient STOMP clients.
+
+A `Worker` is one `python -m chat_server serve` process (or any command, e.g. gunicorn) with its
+output in a file that assertion messages quote. `cluster` is a private redis-server, two workers on
+one shared SQLite database, and nginx round-robin in front of both. `ChatClient` wraps the STOMP
+test client with a reader task that records every frame, so tests await conditions with deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from chat_server.auth import TokenAuthority
+from chat_server.stomp.frames import Command
+from tests.conftest import SECRET
+from tests.services import LOCALHOST, NginxServer, RedisServer, TcpProxy, free_port
+from tests.stomp_client import Closed, StompClient
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 30.0
+POLL_S = 0.05
+
+# --------------------------------------------------------------------------------------------------
+# Worker processes
+# --------------------------------------------------------------------------------------------------
+
+
+def worker_env(database_url: str, redis_url: str | None, **settings: str | float) -> dict[str, str]:
+    """The environment of a worker: shared database and secret, no inbound frame budget."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CHAT_")}
+    env.pop("REDIS_URL", None)
+    env.pop("PORT", None)
+    env.update(
+        DATABASE_URL=database_url,
+        CHAT_JWT_SECRET=SECRET,
+        CHAT_FRAMES_PER_S="0",
+        CHAT_MAX_CONNECTIONS_PER_IP="0",  # every test client is 127.0.0.1 (or nginx)
+        CHAT_MAX_CONNECTIONS_PER_USER="0",
+        PYTHONUNBUFFERED="1",
+    )
+    if redis_url is not None:
+        env["REDIS_URL"] = redis_url
+    env.update({f"CHAT_{name.upper()}": str(value) for name, value in settings.items()})
+    return env
+
+
+class Worker:
+    """One server process on 127.0.0.1:`port`, its output appended to `log_path`.
+
+    The port stays the same across `restart()`. `start()` returns once `/healthz` answers (and,
+    with `ready=True`, once `/readyz` does: database and broker connected).
+    """
+
+    def __init__(self, name: str, tmp_dir: Path, env: dict[str, str], *,
+                 port: int | None = None, command: Sequence[str] | None = None) -> None:
+        self.name = name
+        self.port = port if port is not None else free_port()
+        self.env = env
+        self.log_path = tmp_dir / f"{name}.log"
+        self.command = list(command) if command is not None else [
+            sys.executable, "-m", "chat_server", "serve", "--port", str(self.port),
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOCALHOST}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{LOCALHOST}:{self.port}/ws"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"{self.name} was never started"
+        return self.proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def output(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return f"(no output at {self.log_path})"
+        return f"--- {self.name} ({self.log_path}), last {lines} lines:\n" + "\n".join(
+            text.splitlines()[-lines:]
+        )
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it (see `wait_listening`)."""
+        assert not self.running, f"{self.name} is already running"
+        with self.log_path.open("ab") as log:
+            log.write(f"=== {time.strftime('%H:%M:%S')} starting {self.command}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                self.command, env=self.env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    def _answers(self, path: str) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=1.0) as response:
+                return bool(response.status == 200)
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def wait_listening(self, *, ready: bool = True, timeout: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        path = "/readyz" if ready else "/healthz"
+        while not self._answers(path):
+            if not self.running:
+                code = None if self.proc is None else self.proc.returncode
+                raise RuntimeError(f"{self.name} exited with {code}\n{self.output()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{self.name}: {path} not 200 after {timeout} s\n{self.output()}"
+                )
+            time.sleep(POLL_S)
+
+    def start(self, *, ready: bool = True) -> None:
+        self.spawn()
+        self.wait_listening(ready=ready)
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(sig)
+
+    def sigkill(self) -> None:
+        """A crash: SIGKILL, reaped at once."""
+        self.signal(signal.SIGKILL)
+        assert self.proc is not None
+        self.proc.wait(10)
+
+    def sigterm(self) -> None:
+        """Asks for a graceful shutdown; see `wait_exit`."""
+        self.signal(signal.SIGTERM)
+
+    async def wait_exit(self, timeout: float) -> int:
+        """The exit code, polled without blocking the event loop; fails after `timeout`."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while (code := self.proc.poll()) is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name} still running after {timeout} s\n"
+                                     f"{self.output()}")
+            await asyncio.sleep(POLL_S)
+        return code
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM, then SIGKILL to the process group; always reaps (fixture teardown)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+
+def migrate(database_url: str, tmp_dir: Path) -> None:
+    """The Procfile's `release:` step, before any worker starts."""
+    env = worker_env(database_url, None)
+    result = subprocess.run(
+        [sys.executable, "-m", "chat_server", "migrate"], env=env, cwd=REPO_ROOT,
+        capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, f"migrate failed:\n{result.stdout}\n{result.stderr}"
+
+
+def start_workers(workers: Sequence[Worker]) -> None:
+    """Start several at once (two Python start-ups in parallel on a 2-core machine)."""
+    for worker in workers:
+        worker.spawn()
+    for worker in workers:
+        worker.wait_listening()
+
+
+# --------------------------------------------------------------------------------------------------
+# The cluster: Redis + 2 workers + nginx
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cluster:
+    tmp_dir: Path
+    redis: RedisServer
+    workers: list[Worker]
+    nginx: NginxServer
+    database_path: Path
+    proxy: TcpProxy | None = None
+    extra: list[NginxServer] = field(default_factory=list)
+
+    @property
+    def a(self) -> Worker:
+        return self.workers[0]
+
+    @property
+    def b(self) -> Worker:
+        return self.workers[1]
+
+    def logs(self) -> str:
+        return "\n".join(worker.output() for worker in self.workers)
+
+    def nginx_in_front_of(self, *workers: Worker) -> NginxServer:
+        """Another nginx, with only these workers upstream (stopped with the cluster)."""
+        nginx = NginxServer(self.tmp_dir / f"nginx-{len(self.extra)}",
+                            [worker.port for worker in workers])
+        self.extra.append(nginx)
+        nginx.start()
+        return nginx
+
+    def rows(self) -> list[tuple[int, int, int, str, str | None]]:
+        """(room_id, seq, id, sender_id, client_message_id) of every stored message."""
+        with contextlib.closing(sqlite3.connect(self.database_path, timeout=10)) as db:
+            rows: list[tuple[int, int, int, str, str | None]] = db.execute(
+                "SELECT room_id, seq, id, sender_id, client_message_id FROM messages "
+                "ORDER BY room_id, seq"
+            ).fetchall()
+        return rows
+
+    def seqs_by_room(self) -> dict[int, list[int]]:
+        stored: dict[int, list[int]] = {}
+        for room, seq, *_ in self.rows():
+            stored.setdefault(room, []).append(seq)
+        return stored
+
+
+ClusterFactory = Callable[..., Cluster]
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
+    """`make_cluster(via_proxy=False, **settings)`: Redis, 2 workers (CHAT_ settings), nginx."""
+    made: list[Cluster] = []
+
+    def make(*, via_proxy: bool = False, **settings: str | float) -> Cluster:
+        redis = RedisServer(tmp_path)
+        redis.start()
+        proxy = TcpProxy(redis.host, redis.port) if via_proxy else None
+        cluster_dir = tmp_path
+        database_path = tmp_path / "chat.db"
+        database_url = f"sqlite:///{database_path}"
+        redis_url = f"redis://{LOCALHOST}:{proxy.port}/0" if proxy is not None else redis.url
+        env = worker_env(database_url, redis_url, **settings)
+        workers = [Worker(name, cluster_dir, env) for name in ("worker-a", "worker-b")]
+        nginx = NginxServer(tmp_path, [worker.port for worker in workers])
+        cluster = Cluster(tmp_path, redis, workers, nginx, database_path, proxy)
+        made.append(cluster)
+        migrate(database_url, tmp_path)
+        start_workers(workers)
+        nginx.start()
+        return cluster
+
+    yield make
+    for cluster in made:
+        for nginx in [*cluster.extra, cluster.nginx]:
+            nginx.stop()
+        for worker in cluster.workers:
+            worker.stop()
+        if cluster.proxy is not None:
+            cluster.proxy.stop()
+        cluster.redis.stop()
+
+
+@pytest.fixture
+def cluster(make_cluster: ClusterFactory) -> Cluster:
+    """Redis + 2 workers + nginx with short recovery intervals."""
+    return make_cluster(redis_ping_interval_s=0.5, reconcile_interval_s=1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Clients
+# --------------------------------------------------------------------------------------------------
+
+tokens = TokenAuthority(SECRET)
+
+
+def bearer(user: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tokens.mint(user)}"}
+
+
+async def create_group_room(http: aiohttp.ClientSession, base_url: str, creator: str,
+                            members: Sequence[str], name: str = "team") -> int:
+    async with http.post(f"{base_url}/api/chat-rooms", headers=bearer(creator),
+                         json={"name": name, "memberIds": list(members)}) as response:
+        assert response.status == 201, await response.text()
+        room_id: int = (await response.json())["id"]
+        return room_id
+
+
+class Dropped(Exception):
+    """The connection ended before the awaited frame came."""
+
+
+class ChatClient:
+    """One STOMP connection with a reader task recording MESSAGE bodies, RECEIPTs and the close.
+
+    `messages[room]` keeps every chat message body in arrival order, across reconnections (a new
+    connection continues the same lists), so loss, duplication and order are checked on them.
+    """
+
+    def __init__(self, http: aiohttp.ClientSession, user: str, url: str) -> None:
+        self.http = http
+        self.user = user
+        self.url = url
+        self.messages: dict[int, list[dict[str, Any]]] = {}
+        self.errors: list[str] = []
+        self.close_codes: list[int | None] = []
+        self.connections = 0
+        self.stomp: StompClient | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._receipts: dict[str, asyncio.Future[None]] = {}
+        self._changed = asyncio.Event()
+        self._receipt_counter = 0
+        self._resuming = asyncio.Lock()
+        self.drops = 0
+        #: When each resume() after a drop completed (connected and resubscribed).
+        self.resumed_at: list[float] = []
+        self._watcher: asyncio.Task[None] | None = None
+
+    # --- connection ---------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._reader is not None and not self._reader.done()
+
+    @property
+    def settled(self) -> bool:
+        """Connected, and not in the middle of resuming (resubscribing)."""
+        return self.connected and not self._resuming.locked()
+
+    async def connect(self, url: str | None = None) -> None:
+        if url is not None:
+            self.url = url
+        ws = await self.http.ws_connect(self.url, protocols=("v12.stomp",),
+                                        timeout=aiohttp.ClientWSTimeout(ws_close=2.0))
+        stomp = StompClient(ws)
+        try:
+            await stomp.connect(tokens.mint(self.user))
+        except BaseException:
+            await ws.close()
+            raise
+        self.stomp = stomp
+        self.connections += 1
+        self._reader = asyncio.create_task(self._read(stomp))
+
+    async def _read(self, stomp: StompClient) -> None:
+        try:
+            while True:
+                frame = await stomp.receive(timeout=3600)
+                if frame.command is Command.MESSAGE:
+                    body = orjson.loads(frame.body)
+                    self.messages.setdefault(int(body["chatRoomId"]), []).append(body)
+                elif frame.command is Command.RECEIPT:
+                    waiter = self._receipts.pop(frame.get("receipt-id") or "", None)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(None)
+                elif frame.command is Command.ERROR:
+                    self.errors.append(f"{frame.get('message')}: {frame.body!r}")
+                self._changed.set()
+        except Closed as closed:
+            self.close_codes.append(closed.code)
+        except (aiohttp.ClientError, OSError) as exc:
+            self.close_codes.append(None)
+            self.errors.append(repr(exc))
+        finally:
+            for waiter in self._receipts.values():
+                if not waiter.done():
+                    waiter.set_exception(Dropped(self.user))
+            self._receipts.clear()
+            self._changed.set()
+
+    async def wait_dropped(self, timeout: float | None = None) -> None:
+        """Until the current connection ends (the server closed it or the socket broke)."""
+        assert self._reader is not None
+        async with asyncio.timeout(timeout):
+            await asyncio.wait({self._reader})
+
+    async def resume(self, url: str, rooms: Sequence[int], timeout: float = 15.0) -> None:
+        """Reconnect (retrying, with jitter, while refused) and resubscribe every room with
+        `x-resume-after:<last seq seen>`, as a client does after its socket dropped."""
+        async with self._resuming:
+            if self.connected:
+                return
+            deadline = time.monotonic() + timeout
+            delay = 0.05
+            while True:
+                try:
+                    await self.connect(url)
+                    for room in rooms:
+                        await self.subscribe(room, resume_after=self.last_seq(room))
+                    self.resumed_at.append(time.monotonic())
+                    return
+                except (Dropped, TimeoutError, AssertionError, aiohttp.ClientError, OSError):
+                    await self.close()
+                    if time.monotonic() > deadline:
+                        raise
+                await asyncio.sleep(random.uniform(delay / 2, delay))
+                delay = min(delay * 2, 1.0)
+
+    def keep_connected(self, url: str, rooms: Sequence[int]) -> None:
+        """From now on, whenever the connection drops, resume through `url` (a task)."""
+
+        async def watch() -> None:
+            while True:
+                await self.wait_dropped()
+                self.drops += 1
+                await self.resume(url, rooms)
+
+        self._watcher = asyncio.create_task(watch())
+
+    async def shutdown(self) -> None:
+        """Teardown: stop resuming, close the connection."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watcher
+        await self.close()
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self.stomp is not None:
+            with contextlib.suppress(Exception):
+                await self.stomp.ws.close()
+
+    # --- frames -------------------------------------------------------------------------------
+
+    def _next_receipt(self) -> tuple[str, asyncio.Future[None]]:
+        self._receipt_counter += 1
+        receipt = f"{self.user}-r{self._receipt_counter}"
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._receipts[receipt] = waiter
+        return receipt, waiter
+
+    async def _receipted(self, send: Callable[[str], Any], timeout: float) -> None:
+        if not self.connected or self.stomp is None:
+            raise Dropped(self.user)
+        receipt, waiter = self._next_receipt()
+        try:
+            await send(receipt)
+        except (ConnectionError, aiohttp.ClientError) as exc:
+            self._receipts.pop(receipt, None)
+            raise Dropped(self.user) from exc
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        finally:
+            self._receipts.pop(receipt, None)
+
+    async def subscribe(self, room: int, *, resume_after: int | None = None,
+                        timeout: float = 10.0) -> None:
+        headers = {} if resume_after is None else {"x-resume-after": str(resume_after)}
+        stomp = self.stomp
+        assert stomp is not None
+        await self._receipted(
+            lambda receipt: stomp.subscribe(f"/queue/chat-rooms/{room}", f"room-{room}",
+                                            receipt=receipt, **headers),
+            timeout,
+        )
+
+    async def send(self, room: int, content: str, client_message_id: str,
+                   timeout: float = 10.0) -> None:
+        """SEND with a receipt; returns once receipted (raises Dropped or TimeoutError)."""
+        stomp = self.stomp
+        assert stomp is not None
+        await self._receipted(
+            lambda receipt: stomp.send_message(room, content, receipt=receipt,
+                                               client_message_id=client_message_id),
+            timeout,
+        )
+
+    def seqs(self, room: int) -> list[int]:
+        return [int(body["seq"]) for body in self.messages.get(room, [])]
+
+    def last_seq(self, room: int) -> int:
+        seqs = self.seqs(room)
+        return max(seqs) if seqs else 0
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> None:
+        """Until `predicate()` holds, re-checked on every frame; TimeoutError after `timeout`."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+
+def has(client: ChatClient, room: int, count: int) -> bool:
+    """`client` received at least `count` messages of `room`."""
+    return len(client.seqs(room)) >= count
+
+
+@dataclass
+class Tally:
+    """Loss, duplication and order of what subscribers received, against the database."""
+
+    clients: int = 0
+    expected: int = 0
+    delivered: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    out_of_order: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, who: str, received: Sequence[int], expected: Sequence[int]) -> None:
+        """`expected`: the seqs the subscriber must get, ascending; `received`: what it got."""
+        self.clients += 1
+        self.expected += len(expected)
+        self.delivered += len(received)
+        lost = len(set(expected) - set(received))
+        duplicated = len(received) - len(set(received))
+        out_of_order = sum(1 for a, b in itertools.pairwise(received) if b < a)
+        unexpected = sorted(set(received) - set(expected))
+        self.lost += lost
+        self.duplicated += duplicated
+        self.out_of_order += out_of_order
+        if lost or duplicated or out_of_order or unexpected:
+            self.problems.append(
+                f"{who}: lost {lost}, duplicated {duplicated}, out of order {out_of_order}, "
+                f"unexpected {unexpected[:10]}; first received {list(received)[:20]}"
+            )
+
+    def summary(self, label: str) -> str:
+        return (f"[{label}] clients {self.clients}, expected {self.expected}, delivered "
+                f"{self.delivered}, lost {self.lost}, duplicated {self.duplicated}, "
+                f"out of order {self.out_of_order}")
+
+    def assert_clean(self, context: str = "") -> None:
+        assert (self.lost, self.duplicated, self.out_of_order, self.problems) == (0, 0, 0, []), (
+            "\n".join(self.problems[:20]) + "\n" + context
+        )
+
+
+ClientFactory = Callable[[str, str], ChatClient]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        yield session
+
+
+@pytest.fixture
+async def clients(http: aiohttp.ClientSession) -> AsyncIterator[ClientFactory]:
+    """`clients(user, ws_url)`: a ChatClient (not yet connected), closed at teardown."""
+    made: list[ChatClient] = []
+
+    def make(user: str, url: str) -> ChatClient:
+        client = ChatClient(http, user, url)
+        made.append(client)
+        return client
+
+    yield make
+    await asyncio.gather(*(client.shutdown() for client in made))
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float, what: str,
+                     context: Callable[[], str] = lambda: "") -> float:
+    """Polls `predicate` every 20 ms; returns the seconds it took, fails after `timeout`."""
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"not within {timeout} s: {what}\n{context()}")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+async def broker_state(http: aiohttp.ClientSession, worker: Worker) -> str:
+    """What the worker's /readyz says about its broker ("ok", "connecting", ...)."""
+    async with http.get(f"{worker.url}/readyz") as response:
+        body = await response.json()
+        return str(body["checks"]["broker"])
+
+
+async def wait_broker(http: aiohttp.ClientSession, worker: Worker, *, ok: bool,
+                      timeout: float) -> None:
+    """Polls /readyz every 50 ms until the broker is (`ok`) or is not connected."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = await broker_state(http, worker)
+        if (state == "ok") == ok:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{worker.name}: broker still {state!r} after {timeout} s\n"
+                                 f"{worker.output()}")
+        await asyncio.sleep(POLL_S)
+
+
+class Sender:
+    """Sends `room` messages one after another, each with a receipt and a unique clientMessageId,
+    until `stop()` (or `limit` messages). On a dropped connection (or a receipt that does not come)
+    it resumes through `reconnect_url` when given and sends the same clientMessageId again;
+    without one it stops there. `receipted` holds the clientMessageIds that got a RECEIPT."""
+
+    def __init__(self, client: ChatClient, room: int, *, limit: int | None = None,
+                 reconnect_url: str | None = None, rooms: Sequence[int] = (),
+                 receipt_timeout: float = 10.0) -> None:
+        self.client = client
+        self.room = room
+        self.limit = limit
+        self.reconnect_url = reconnect_url
+        self.rooms = list(rooms)
+        self.receipt_timeout = receipt_timeout
+        self.receipted: list[str] = []
+        #: (monotonic time the SEND went out, seconds until its RECEIPT)
+        self.latencies: list[tuple[float, float]] = []
+        self.retries = 0
+        #: Extra characters in every message from now on (big messages for buffer limits).
+        self.padding = 0
+        self.unreceipted: str | None = None
+        self._stopping = False
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.run())
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    async def finish(self, timeout: float) -> None:
+        """Stop after the message in flight and wait for that."""
+        self.stop()
+        await self.done(timeout)
+
+    async def done(self, timeout: float) -> None:
+        """Wait until all `limit` messages are receipted (or the sender gave up)."""
+        assert self.task is not None
+        async with asyncio.timeout(timeout):
+            await self.task
+
+    async def run(self) -> None:
+        k = 0
+        while not self._stopping and (self.limit is None or k < self.limit):
+            cmid = f"{self.client.user}-{k}"
+            while True:
+                sent = time.monotonic()
+                try:
+                    content = f"{self.client.user} #{k}" + "x" * self.padding
+                    await self.client.send(self.room, content, cmid,
+                                           timeout=self.receipt_timeout)
+                except (Dropped, TimeoutError):
+                    if self.reconnect_url is None:
+                        self.unreceipted = cmid
+                        return
+                    self.retries += 1
+                    if self.client.connected:  # a receipt that never came: start afresh
+                        await self.client.close()
+                    await self.client.resume(self.reconnect_url, self.rooms)
+                    continue
+                self.latencies.append((sent, time.monotonic() - sent))
+                self.receipted.append(cmid)
+                break
+            k += 1

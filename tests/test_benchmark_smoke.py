@@ -1,0 +1,42 @@
+"""The benchmark's smoke run (`python -m benchmarks.run --quick`), so the benchmark cannot rot.
+
+It checks that every scenario runs end to end against chat_server and prints its table, and that
+nothing was lost, duplicated or reordered; never a performance figure (those are the
+benchmark's own PASS/FAIL, on a quiet machine).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.services import REPO_ROOT, require_binary
+
+TIMEOUT_S = 120
+
+
+def test_quick_benchmark_runs_every_scenario_without_loss(tmp_path: Path) -> None:
+    require_binary("redis-server")  # scenarios b and d run two workers behind Redis
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--json", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=TIMEOUT_S, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "| target" in done.stdout and "deliv/CPU-s" in done.stdout, done.stdout
+    report = json.loads(out.read_text())
+    rows = {row["scenario"]: row for row in report["rows"]}
+    assert set(rows) == {"a", "b", "c", "d"}, report["rows"]
+    for name in ("a", "b", "d"):
+        row = rows[name]
+        assert not row["failures"], row
+        assert row["sent"] > 0 and row["received"] > 0, row
+        assert (row["lost"], row["duplicated"], row["out_of_order"]) == (0, 0, 0), row
+        assert row["setup_failures"] == 0 and row["errors"] == 0, row
+        assert not math.isnan(row["p99"]), row
+    idle = rows["c"]
+    assert not idle["failures"] and idle["setup_failures"] == 0, idle
+    assert idle["subscribers"] > 0 and idle["kib_per_conn"] > 0, idle
