@@ -6,6 +6,7 @@ import logging
 
 from chat_server.broker.base import Broker, room_topic, user_topic
 from chat_server.errors import Forbidden, NotAMember, RoomNotFound, ValidationFailed
+from chat_server.metrics import Metrics
 from chat_server.models import (
     ChatMessage,
     GroupRoomRequest,
@@ -30,11 +31,12 @@ log = logging.getLogger(__name__)
 class ChatService:
     """Every rule lives here once; STOMP and REST both call it."""
 
-    def __init__(self, store: MessageStore, broker: Broker) -> None:
+    def __init__(
+        self, store: MessageStore, broker: Broker, metrics: Metrics | None = None
+    ) -> None:
         self._store = store
         self._broker = broker
-        self.stored = 0
-        self.publish_failures = 0
+        self._metrics = metrics or Metrics()
 
     # --- messages -----------------------------------------------------------------------------
 
@@ -53,7 +55,7 @@ class ChatService:
             # Refuse a missing room exactly like someone else's room: existence never leaks.
             raise NotAMember(f"not a member of room {draft.room_id}") from None
         if result.created:
-            self.stored += 1
+            self._metrics.messages_stored.inc()
             await self._publish(room_topic(draft.room_id), encode_envelope(result.message))
         return result
 
@@ -134,5 +136,4 @@ class ChatService:
         try:
             await self._broker.publish(topic, payload)
         except Exception:
-            self.publish_failures += 1
             log.exception("publishing to %s failed; subscribers catch up from the store", topic)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from chat_server.broker.base import Broker, room_topic, user_topic
+from chat_server.broker.base import Broker, BrokerState, room_topic, user_topic
 from chat_server.errors import StoreUnavailable
+from chat_server.metrics import Metrics
 from chat_server.models import (
     ChatMessage,
     RoomId,
@@ -86,6 +88,7 @@ class Fanout:
         *,
         gap_wait_s: float = 0.2,
         reconcile_interval_s: float = 5.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._broker = broker
         self._store = store
@@ -95,8 +98,7 @@ class Fanout:
         self._users: dict[UserId, list[EventSink]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconciler: asyncio.Task[None] | None = None
-        self.delivered = 0
-        self.gap_fills = 0
+        self._metrics = metrics or Metrics()
 
     # --- rooms ------------------------------------------------------------------------------
 
@@ -153,8 +155,9 @@ class Fanout:
     async def _replay(self, feed: _Feed, tap: Tap) -> None:
         while True:
             page = await self._store.messages(feed.room_id, after=tap.last_seq, limit=PAGE)
-            for message in page:
-                self._emit(tap, Delivery(message))
+            replayed = sum(self._emit(tap, Delivery(message)) for message in page)
+            self._metrics.messages_delivered.inc(replayed)
+            self._metrics.message_frames_sent.inc(replayed)
             if tap.drain is not None and len(page) == PAGE:
                 await tap.drain()
             assert feed.last_seq is not None
@@ -181,6 +184,9 @@ class Fanout:
             self._on_room_message(message)
         else:
             self._on_user_event(UserId(key), event)
+
+    def on_state(self, state: BrokerState) -> None:
+        self._metrics.broker_connected.set(1 if state is BrokerState.CONNECTED else 0)
 
     def on_resync(self) -> None:
         for feed in list(self._feeds.values()):
@@ -224,7 +230,7 @@ class Fanout:
         if feed.filling or self._feeds.get(feed.room_id) is not feed or feed.last_seq is None:
             return
         feed.filling = True
-        self.gap_fills += 1
+        self._metrics.gap_fills.inc()
         try:
             while True:
                 page = await self._store.messages(feed.room_id, after=feed.last_seq, limit=PAGE)
@@ -246,19 +252,24 @@ class Fanout:
     def _dispatch(self, feed: _Feed, message: ChatMessage) -> None:
         feed.last_seq = message.seq
         delivery = Delivery(message)
-        for tap in feed.taps:
-            if tap.live:
-                self._emit(tap, delivery)
+        sent = sum(self._emit(tap, delivery) for tap in feed.taps if tap.live)
+        if sent:
+            # Counted once per message, not per socket: this is the hot path.
+            self._metrics.messages_delivered.inc(sent)
+            self._metrics.message_frames_sent.inc(sent)
+            lag = time.time() - message.created_at_ms / 1000
+            self._metrics.delivery_latency.observe(max(0.0, lag))
 
-    def _emit(self, tap: Tap, delivery: Delivery) -> None:
+    def _emit(self, tap: Tap, delivery: Delivery) -> bool:
         if delivery.message.seq <= tap.last_seq:
-            return
+            return False
         tap.last_seq = delivery.message.seq
-        self.delivered += 1
         try:
             tap.sink(delivery)
         except Exception:  # one subscriber's bug must not stop the room for the others
             log.exception("a subscriber of room %s failed to take a message", tap.room_id)
+            return False
+        return True
 
     # --- reconciliation --------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from chat_server.errors import (
     ValidationFailed,
 )
 from chat_server.fanout import Delivery, Fanout, Tap
+from chat_server.metrics import Metrics
 from chat_server.models import RoomId, UserEvent, UserEventKind, UserHeaders, UserId
 from chat_server.outbox import Outbox, OutboxOverflow
 from chat_server.schemas import MessageSchema, load, parse_json_object
@@ -114,8 +115,12 @@ class Session:
         subprotocol: Version | None = None,
         admit_user: Callable[[Session, UserId], bool] = lambda _session, _user: True,
         auth_failed: Callable[[], None] = lambda: None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._chat = chat
+        self._metrics = metrics or Metrics()
+        #: Subscriptions counted in the gauge (kept in step by `_count_subscriptions`).
+        self._counted_subscriptions = 0
         self._fanout = fanout
         self._tokens = tokens
         self._settings = settings
@@ -172,6 +177,7 @@ class Session:
         try:
             self.conn.receive_data(data, time.monotonic())
             for frame in self.conn.events_received():
+                self._metrics.frames_received.labels(frame.command.value).inc()
                 if self._stopping:
                     break  # not started, so not receipted: the client sends it again elsewhere
                 pause = self._budget.delay()
@@ -182,6 +188,7 @@ class Session:
                     await self._handle(frame)
                 finally:
                     self._busy = False
+                    self._count_subscriptions()
                 if self.close_request is not None:
                     return
             if self._stopping:
@@ -217,8 +224,9 @@ class Session:
         if self.close_request is not None and self.close_request.reason == "slow consumer":
             return
         exc = StompProtocolError("slow consumer", close_code=CloseCode.POLICY_VIOLATION)
-        log.info("session %s user %s: slow consumer", self.conn.session_id, self.user)
+        log.info("closing: slow consumer", extra=self.log_context)
         self.close_request = CloseRequest(exc.close_code, exc.message)
+        self._count_error(exc)
         self.outbox.abandon(self.conn.error(exc))
 
     def fail(self, exc: StompProtocolError) -> None:
@@ -227,7 +235,13 @@ class Session:
             return
         log.info("closing: %s", exc.message, extra=self.log_context)
         self.close_request = CloseRequest(exc.close_code, exc.message)
+        self._count_error(exc)
         self.outbox.close(self.conn.error(exc))
+
+    def _count_error(self, exc: StompProtocolError) -> None:
+        # The close code, not the message, is the label: messages may name ids (unbounded).
+        self._metrics.errors.labels("stomp", exc.close_code.name.lower()).inc()
+        self._metrics.frames_sent.labels("ERROR").inc()
 
     def going_away(self) -> None:
         """The server is shutting down: take no new frame, let the one in hand finish (a SEND
@@ -295,6 +309,7 @@ class Session:
         receipt = self.conn.receipt(frame)
         if receipt is not None:
             self.outbox.put(receipt)
+            self._metrics.frames_sent.labels("RECEIPT").inc()
 
     async def _commit(self, frame: Frame) -> None:
         for held in self.conn.commit(frame):
@@ -322,6 +337,7 @@ class Session:
         self.admitted = True
         self.identity = identity
         self.outbox.put(self.conn.accept(frame, identity.user_id))
+        self._metrics.frames_sent.labels("CONNECTED").inc()
         await self._fanout.watch_user(identity.user_id, self._on_user_event)
         self._watching_user = True
 
@@ -393,6 +409,7 @@ class Session:
                 "clientMessageId": _client_message_id(frame.body),
             }
         )
+        self._metrics.errors.labels("stomp", refusal.code).inc()
         self._push(self._errors_sub, ERRORS_DESTINATION, body)
 
     def _push(self, subscription: Subscription, destination: str, body: bytes) -> None:
@@ -404,6 +421,7 @@ class Session:
             )
         )
         self.outbox.put(self.conn.message_prefix(subscription) + headers + b"\n" + body + b"\0")
+        self._metrics.message_frames_sent.inc()
 
     # --- SUBSCRIBE ----------------------------------------------------------------------------
 
@@ -478,6 +496,7 @@ class Session:
                         self.conn.drop_subscription(subscription)
                     self._taps.pop(sub_id)
                     self._fanout.detach(tap)
+        self._count_subscriptions()
         if self._notifications_sub is not None:
             try:
                 self._push(self._notifications_sub, NOTIFICATIONS_DESTINATION, event.payload)
@@ -496,6 +515,14 @@ class Session:
         if self._watching_user and self.user is not None:
             self._fanout.unwatch_user(self.user, self._on_user_event)
             self._watching_user = False
+        self._metrics.subscriptions.dec(self._counted_subscriptions)
+        self._counted_subscriptions = 0
+
+    def _count_subscriptions(self) -> None:
+        change = len(self.conn.subscriptions) - self._counted_subscriptions
+        if change:
+            self._metrics.subscriptions.inc(change)
+            self._counted_subscriptions += change
 
 
 def _client_message_id(body: bytes) -> str | None:

@@ -12,6 +12,7 @@ import pytest
 from chat_server.broker.base import room_topic
 from chat_server.broker.memory import MemoryBroker
 from chat_server.fanout import Delivery, Fanout, Tap
+from chat_server.metrics import Metrics
 from chat_server.models import ChatMessage, NewMessage, RoomId, UserId, encode_envelope
 from chat_server.store.sql import SqlStore, open_store
 
@@ -47,9 +48,14 @@ async def room(store: SqlStore) -> RoomId:
 
 
 @pytest.fixture
-async def fanout(store: SqlStore) -> AsyncIterator[Fanout]:
+def metrics() -> Metrics:
+    return Metrics()
+
+
+@pytest.fixture
+async def fanout(store: SqlStore, metrics: Metrics) -> AsyncIterator[Fanout]:
     broker = MemoryBroker()
-    fan = Fanout(broker, store, gap_wait_s=0.05, reconcile_interval_s=0)
+    fan = Fanout(broker, store, gap_wait_s=0.05, reconcile_interval_s=0, metrics=metrics)
     await broker.start(fan)
     yield fan
     await fan.close()
@@ -86,13 +92,14 @@ async def test_early_arrival_waits_for_the_one_before_it(
 
 
 async def test_lost_message_is_read_from_the_store(
-    fanout: Fanout, store: SqlStore, room: RoomId
+    fanout: Fanout, store: SqlStore, room: RoomId, metrics: Metrics
 ) -> None:
     seen = await attach(fanout, room)
     one, _lost, three = await stored(store, room, 3)
     publish(fanout, one, three)
     assert await seen.seqs(3) == [1, 2, 3]
-    assert fanout.gap_fills == 1
+    assert metrics.value("chat_gap_fills_total") == 1
+    assert metrics.value("chat_messages_delivered_total") == 3
 
 
 async def test_duplicates_are_delivered_once(

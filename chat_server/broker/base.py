@@ -29,6 +29,10 @@ class BrokerListener(Protocol):
         """A payload published to a topic this worker subscribed to. Must not block."""
         ...
 
+    def on_state(self, state: BrokerState) -> None:
+        """The broker's connection state changed (for metrics and readiness)."""
+        ...
+
     def on_resync(self) -> None:
         """The broker may have missed messages (it reconnected): re-read state from the store."""
         ...

@@ -21,6 +21,7 @@ class MemoryBroker:
     async def start(self, listener: BrokerListener) -> None:
         self._listener = listener
         self._state = BrokerState.CONNECTED
+        listener.on_state(self._state)
 
     async def publish(self, topic: str, payload: bytes) -> None:
         self.published += 1

@@ -151,8 +151,10 @@ class RedisBroker:
                         await task
         finally:
             self._pubsub = None
-            if self._state is not BrokerState.CLOSED:
+            if self._state is BrokerState.CONNECTED:
                 self._state = BrokerState.CONNECTING
+                if self._listener is not None:
+                    self._listener.on_state(self._state)
             for waiters in self._confirmations.values():
                 for waiter in waiters:
                     if not waiter.done():
@@ -194,6 +196,8 @@ class RedisBroker:
     def _connected(self) -> None:
         self._state = BrokerState.CONNECTED
         self.connections += 1
+        if self._listener is not None:
+            self._listener.on_state(self._state)
         log.info("redis subscriber connected (connection %d)", self.connections)
         if self._listener is not None:
             # Whatever was published while we were not subscribed is in the database.

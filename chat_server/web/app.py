@@ -16,6 +16,7 @@ from chat_server.broker.redis import RedisBroker
 from chat_server.chat import ChatService
 from chat_server.config import Settings
 from chat_server.fanout import Fanout
+from chat_server.metrics import Metrics
 from chat_server.ratelimit import RateLimiter
 from chat_server.store.sql import open_store
 from chat_server.store.urls import sqlite_path
@@ -49,11 +50,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         migrate=True,
     )
     broker = build_broker(settings)
+    metrics = Metrics()
     fanout = Fanout(
         broker,
         store,
         gap_wait_s=settings.gap_wait_s,
         reconcile_interval_s=settings.reconcile_interval_s,
+        metrics=metrics,
     )
     await broker.start(fanout)
     fanout.start()
@@ -61,7 +64,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         settings=settings,
         store=store,
         broker=broker,
-        chat=ChatService(store, broker),
+        chat=ChatService(store, broker, metrics),
+        metrics=metrics,
         fanout=fanout,
         tokens=TokenAuthority(secret, leeway_s=settings.jwt_leeway_s),
         connections=Connections(settings.max_connections_per_user, settings.max_connections_per_ip),

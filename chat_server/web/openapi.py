@@ -111,7 +111,8 @@ def build_openapi() -> dict[str, Any]:
         }, parameters=[_ROOM_ID, _USER_ID]),
     })
     for path, summary in {"/healthz": "Liveness", "/readyz": "Readiness: database and broker",
-                          "/api/openapi.json": "This document"}.items():
+                          "/api/openapi.json": "This document",
+                          "/metrics": "Prometheus metrics (text exposition format)"}.items():
         spec.path(path, operations={"get": _operation(summary, {
             "200": {"description": "ok"}, "503": {"description": "not ready"}}, secured=False)})
     spec.path("/ws", operations={"get": _operation(

@@ -66,6 +66,13 @@ _HTTP_CODES = {
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure leaves as a JSON error body with the right status; never a traceback."""
+    response = await _answer(request, handler)
+    if response.status >= 400 and (services := request.app.get(SERVICES)) is not None:
+        services.metrics.errors.labels("rest", str(response.status)).inc()
+    return response
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except RateLimited as refusal:
@@ -218,6 +225,15 @@ async def openapi(_request: web.Request) -> web.Response:
 @functools.cache
 def _openapi_document() -> dict[str, Any]:
     return build_openapi()
+
+
+@api_routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text: connections, subscriptions, frames, messages, latency, broker, errors."""
+    body, content_type = request.app[SERVICES].metrics.render()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
 
 
 @api_routes.get("/healthz")

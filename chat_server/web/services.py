@@ -12,6 +12,7 @@ from chat_server.broker.base import Broker
 from chat_server.chat import ChatService
 from chat_server.config import Settings
 from chat_server.fanout import Fanout
+from chat_server.metrics import Metrics
 from chat_server.models import UserId
 from chat_server.ratelimit import RateLimiter
 from chat_server.session import Session
@@ -78,6 +79,7 @@ class Services:
     broker: Broker
     chat: ChatService
     fanout: Fanout
+    metrics: Metrics
     tokens: TokenAuthority
     connections: Connections
     #: REST calls per user.

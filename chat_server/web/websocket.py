@@ -83,11 +83,14 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             subprotocol=SUBPROTOCOLS[chosen] if chosen else None,
             admit_user=connections.admit_user,
             auth_failed=lambda: _count_auth_failure(services, ip),
+            metrics=services.metrics,
         )
         connections.add(session)
+        services.metrics.connections.inc()
         try:
             await _serve(ws, session, services, request.transport)
         finally:
+            services.metrics.connections.dec()
             session.release()
             connections.discard(session)
         return ws

@@ -25,10 +25,14 @@ class Recorder:
     def __init__(self) -> None:
         self.messages: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self.resyncs = 0
+        self.states: list[BrokerState] = []
         self.resynced = asyncio.Event()
 
     def on_message(self, topic: str, payload: bytes) -> None:
         self.messages.put_nowait((topic, payload))
+
+    def on_state(self, state: BrokerState) -> None:
+        self.states.append(state)
 
     def on_resync(self) -> None:
         self.resyncs += 1

@@ -43,7 +43,7 @@ async def test_flood_of_sends_is_throttled_not_dropped_and_others_are_unaffected
     assert statistics.median(latencies) < 0.25 and max(latencies) < 1.5, latencies
     contents = [m["content"] for m in await server.history("bob", room)]
     assert contents == [f"m{n}" for n in range(100)]  # the first page, in order
-    assert server.services.chat.stored == count + 10
+    assert server.services.metrics.value("chat_messages_stored_total") == count + 10
 
 
 async def test_memory_stays_flat_while_a_client_floods(make_server: ServerFactory) -> None:

@@ -5,6 +5,7 @@ code 1001, nothing receipted lost), and the Procfile's gunicorn command with two
 from __future__ import annotations
 
 import asyncio
+import shlex
 import sys
 import time
 from collections import Counter
@@ -188,12 +189,19 @@ async def test_worker_sigterm_under_load_exits_cleanly_losing_nothing(
 
 
 def gunicorn_command(port: int) -> list[str]:
-    """The Procfile's `web:` command, on 127.0.0.1 and two workers."""
+    """The Procfile's own `web:` line, on 127.0.0.1:`port` with WEB_CONCURRENCY=2."""
+    procfile = Path(__file__).resolve().parents[2] / "Procfile"
+    web_line = next(line for line in procfile.read_text().splitlines() if line.startswith("web:"))
+    expanded = (
+        web_line.removeprefix("web:")
+        .replace("0.0.0.0:$PORT", f"{LOCALHOST}:{port}")
+        .replace("${WEB_CONCURRENCY:-1}", "2")
+    )
+    words = shlex.split(expanded)
+    assert words[0] == "gunicorn" and "$" not in expanded, expanded
     script = Path(sys.executable).with_name("gunicorn")
     runner = [str(script)] if script.exists() else [sys.executable, "-m", "gunicorn"]
-    return [*runner, "chat_server.web.app:create_app()", "--bind", f"{LOCALHOST}:{port}",
-            "--worker-class", "aiohttp.GunicornUVLoopWebWorker", "--workers", "2",
-            "--graceful-timeout", "15", "--timeout", "30", "--access-logfile", "-"]
+    return [*runner, *words[1:]]
 
 
 async def test_gunicorn_procfile_command_two_workers_chat_and_sigterm(
@@ -224,6 +232,12 @@ async def test_gunicorn_procfile_command_two_workers_chat_and_sigterm(
         for client in (alice, bob):
             tally.add(client.user, client.seqs(room), list(range(1, 2 * rounds + 1)))
         assert [body["senderId"] for body in bob.messages[room]] == ["alice", "bob"] * rounds
+        # Multiprocess metrics: whichever worker answers, it counts both workers' work.
+        for _ in range(4):
+            async with http.get(f"{server.url}/metrics") as scraped:
+                text = await scraped.text()
+            assert f"chat_messages_stored_total {2 * rounds}.0" in text, text
+            assert "chat_connections 2.0" in text, text
 
         server.sigterm()
         signalled = time.monotonic()

@@ -1,0 +1,38 @@
+"""gunicorn settings for the Procfile: metrics shared by all workers, and their cleanup.
+
+Loaded by the gunicorn master (`--config python:chat_server.gunicorn_conf`) before any worker
+starts. prometheus_client picks its multiprocess mode when it is first imported, so the
+directory is set here, at import, and the library is imported in the master only on demand.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+#: prometheus_client's own variable (chat_server.metrics.MULTIPROCESS_ENV): named here, since
+#: importing that module would import prometheus_client before the variable is set.
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _metrics_directory() -> str:
+    configured = os.environ.get(MULTIPROCESS_ENV)
+    if not configured:
+        configured = tempfile.mkdtemp(prefix="chat-server-metrics-")
+        os.environ[MULTIPROCESS_ENV] = configured
+    # Values of a previous run would be summed into this one's.
+    for stale in Path(configured).glob("*.db"):
+        stale.unlink()
+    return configured
+
+
+metrics_directory = _metrics_directory()
+
+
+def child_exit(_server: Any, worker: Any) -> None:
+    """A worker is gone: its live gauges (connections, subscriptions) stop counting."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

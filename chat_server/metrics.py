@@ -1,0 +1,91 @@
+"""Prometheus metrics (prometheus_client), in one process or across gunicorn workers.
+
+Under gunicorn, `PROMETHEUS_MULTIPROC_DIR` (set by chat_server/web/gunicorn_conf.py) makes
+every worker write its values to files that `/metrics` aggregates, whichever worker answers.
+Hot paths count in bulk: a room message adds its deliveries once per worker, not per socket.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: From commit to the subscriber's outbox, in seconds: local, cross-worker, after gap fills.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """The server's metrics; one instance per application (and its own registry)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.connections = Gauge(
+            "chat_connections", "Open WebSocket connections",
+            registry=registry, multiprocess_mode="livesum",
+        )
+        self.subscriptions = Gauge(
+            "chat_subscriptions", "Open STOMP subscriptions (rooms and user queues)",
+            registry=registry, multiprocess_mode="livesum",
+        )
+        self.frames_received = Counter(
+            "chat_frames_received", "STOMP frames received, by command", ["command"],
+            registry=registry,
+        )
+        self.frames_sent = Counter(
+            "chat_frames_sent", "STOMP frames sent, by command", ["command"], registry=registry,
+        )
+        self.messages_stored = Counter(
+            "chat_messages_stored", "Chat messages stored (retries not counted)",
+            registry=registry,
+        )
+        self.messages_delivered = Counter(
+            "chat_messages_delivered", "Room messages written to subscribers' outboxes",
+            registry=registry,
+        )
+        self.delivery_latency = Histogram(
+            "chat_delivery_latency_seconds",
+            "From a message's commit (its createdAt) to its delivery by this worker",
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.broker_connected = Gauge(
+            "chat_broker_connected", "1 while the broker connection is up (min over workers)",
+            registry=registry, multiprocess_mode="livemin",
+        )
+        self.broker_publish_failures = Counter(
+            "chat_broker_publish_failures", "Publishes that did not reach the broker",
+            registry=registry,
+        )
+        self.gap_fills = Counter(
+            "chat_gap_fills", "Times a room read missing messages from the database",
+            registry=registry,
+        )
+        self.errors = Counter(
+            "chat_errors", "Refusals and errors by where and what kind",
+            ["source", "kind"], registry=registry,
+        )
+        # Hot-path children bound once.
+        self.message_frames_sent = self.frames_sent.labels("MESSAGE")
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type; all workers' values under gunicorn."""
+        if os.environ.get(MULTIPROCESS_ENV):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def value(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """One sample of this process (tests and diagnostics)."""
+        found = self.registry.get_sample_value(name, labels or {})
+        return 0.0 if found is None else found
