@@ -296,8 +296,12 @@ class Bench:
                 print(f" FAILED: {exc}", file=sys.stderr)
                 continue
             runs.append(figures)
-            print(f" p99 {figures.get('p99', math.nan):.1f} ms, "
-                  f"{figures.get('received', 0):.0f} deliveries", file=sys.stderr)
+            if scenario.idle:
+                print(f" {figures['kib_per_conn']:.1f} KiB per connection, "
+                      f"{figures['connect_rate']:.0f} connections/s", file=sys.stderr)
+            else:
+                print(f" p99 {figures['p99']:.1f} ms, {figures['received']:.0f} deliveries",
+                      file=sys.stderr)
         row = combine(target.label, scenario.name, runs) if runs else Row(target.label,
                                                                          scenario.name)
         row.failures = failures
@@ -403,6 +407,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--targets", default="chat,rabbit", help="chat, rabbit or both")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiply every duration (e.g. 0.3 for a shorter full run)")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="override the publish rate of b and d (msg/s in total)")
     parser.add_argument("--no-search", action="store_true", help="skip (b)'s rate search")
     parser.add_argument("--profile", action="store_true",
                         help="one extra run per chat_server scenario under py-spy (not counted)")
@@ -414,6 +420,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_all(bench: Bench, repeat: int) -> tuple[list[Row], list[str], list[str]]:
+    args = bench.args
+    rows: list[Row] = []
+    searches: list[str] = []
+    profiles: list[str] = []
+    for name in [s.strip() for s in args.scenarios.split(",") if s.strip()]:
+        if name not in bench.specs:
+            raise SystemExit(f"unknown scenario {name!r}")
+        for target in bench.targets[name]:
+            rows.append(bench.repeat(target, bench.specs[name], repeat))
+            if args.profile and target.kind == "chat" and name != "c":
+                profiles.append(bench.profile(target, bench.specs[name]))
+        if name == "b" and not args.quick and not args.no_search:
+            for target in bench.targets[name]:
+                text, _steps = bench.search(target)
+                searches.append(text)
+    return rows, searches, profiles
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     repeat = args.repeat or (1 if args.quick else 3)
@@ -423,28 +448,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets, labels = _targets(args, root, secret)
     specs = {name: _scaled(spec, args.scale) for name, spec in (QUICK if args.quick
                                                                  else FULL).items()}
+    if args.rate is not None:
+        specs.update({name: replace(specs[name], rate=args.rate) for name in ("b", "d")})
     profile_dir = None
     if args.profile:
         profile_dir = REPO_ROOT / "benchmarks" / "results"
         profile_dir.mkdir(parents=True, exist_ok=True)
     bench = Bench(args, root, secret, specs, targets, profile_dir)
     machine = _machine()
-    rows: list[Row] = []
-    searches: list[str] = []
-    profiles: list[str] = []
     started = time.monotonic()
     try:
-        for name in [s.strip() for s in args.scenarios.split(",") if s.strip()]:
-            if name not in specs:
-                raise SystemExit(f"unknown scenario {name!r}")
-            for target in targets[name]:
-                rows.append(bench.repeat(target, specs[name], repeat))
-                if args.profile and target.kind == "chat" and name != "c":
-                    profiles.append(bench.profile(target, specs[name]))
-            if name == "b" and not args.quick and not args.no_search:
-                for target in targets[name]:
-                    text, _steps = bench.search(target)
-                    searches.append(text)
+        rows, searches, profiles = _run_all(bench, repeat)
     finally:
         for group in targets.values():
             for target in group:
