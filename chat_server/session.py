@@ -197,6 +197,10 @@ class Session:
             self.fail(exc)
         except OutboxOverflow:
             self.slow_consumer()
+        except StoreUnavailable:
+            # The database, not this client, failed (e.g. no pooled connection in time).
+            log.warning("database unavailable", extra=self.log_context)
+            self.fail(StompProtocolError("try again later", close_code=CloseCode.TRY_AGAIN_LATER))
         except Exception:
             log.exception("internal error", extra=self.log_context)
             self.fail(StompProtocolError("internal error", close_code=CloseCode.INTERNAL_ERROR))

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Seque
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Final
 
-import orjson
 from sqlalchemy import (
     BigInteger,
     Row,
@@ -27,7 +26,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from chat_server.errors import NotAMember, RoomExists, RoomNotFound, StoreUnavailable
+from chat_server.errors import ChatError, NotAMember, RoomExists, RoomNotFound, StoreUnavailable
 from chat_server.models import (
     ChatMessage,
     MessageId,
@@ -36,9 +35,10 @@ from chat_server.models import (
     Room,
     RoomId,
     RoomKind,
-    UserHeaders,
     UserId,
 )
+from chat_server.store.appends import Outcome, append_batch
+from chat_server.store.rows import encode_headers, to_message
 from chat_server.store.schema import db_now_ms, messages, room_members, rooms
 from chat_server.store.urls import engine_url, sqlite_path
 
@@ -46,6 +46,8 @@ from chat_server.store.urls import engine_url, sqlite_path
 SQLITE_BEGIN_OPTION: Final = "chat_server_sqlite_begin"
 _SQLITE_BEGIN_MODES: Final = frozenset({"DEFERRED", "IMMEDIATE"})
 
+#: Messages committed in one transaction at most (group commit under load).
+MAX_APPEND_BATCH: Final = 256
 #: Longest wait for a pooled connection before the request is refused (no unbounded queue);
 #: the default of the `db_acquire_timeout_s` setting.
 POOL_TIMEOUT_S: Final = 5.0
@@ -177,25 +179,10 @@ def direct_key(a: UserId, b: UserId) -> str:
     return f"{low}\n{high}"
 
 
-def _encode_headers(headers: UserHeaders) -> str:
-    return orjson.dumps([list(pair) for pair in headers]).decode()
 
 
-def _decode_headers(raw: str) -> UserHeaders:
-    return tuple((str(name), str(value)) for name, value in orjson.loads(raw))
 
 
-def _to_message(row: Row[Any]) -> ChatMessage:
-    return ChatMessage(
-        id=MessageId(row.id),
-        room_id=RoomId(row.room_id),
-        seq=row.seq,
-        sender_id=UserId(row.sender_id),
-        content=row.content,
-        created_at_ms=row.created_at_ms,
-        client_message_id=row.client_message_id,
-        headers=_decode_headers(row.headers),
-    )
 
 
 def _to_room(row: Row[Any], member_ids: Iterable[str]) -> Room:
@@ -224,6 +211,8 @@ class SqlStore:
         # SQLite has one writer at a time anyway: queueing this process's writers here spares
         # them the busy handler's sleep-and-retry. BEGIN IMMEDIATE still orders other processes.
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if self._is_sqlite else None
+        self._appends: list[tuple[NewMessage, asyncio.Future[PostResult]]] = []
+        self._appender: asyncio.Task[None] | None = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -425,7 +414,7 @@ class SqlStore:
                 )
             )
         ).one_or_none()
-        return None if row is None else _to_message(row)
+        return None if row is None else to_message(row)
 
     async def _append(self, message: NewMessage) -> PostResult:
         async with self._writing() as conn:
@@ -470,7 +459,7 @@ class SqlStore:
                     sender_id=message.sender_id,
                     content=message.content,
                     client_message_id=message.client_message_id,
-                    headers=_encode_headers(message.headers),
+                    headers=encode_headers(message.headers),
                     created_at_ms=numbered.last_activity_ms,
                 )
                 .returning(messages.c.id)
@@ -489,6 +478,53 @@ class SqlStore:
         return PostResult(stored, created=True)
 
     async def append_message(self, message: NewMessage) -> PostResult:
+        """Queued for the next group commit; returns (or raises) once that commit is done."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[PostResult] = loop.create_future()
+        self._appends.append((message, answer))
+        if self._appender is None or self._appender.done():
+            self._appender = loop.create_task(self._append_queued())
+        return await answer
+
+    async def _append_queued(self) -> None:
+        """Commit what queued up, in order, while the previous commit ran: one transaction
+        and one fsync for many SENDs under load, a batch of one when idle."""
+        while self._appends:
+            batch = self._appends[:MAX_APPEND_BATCH]
+            del self._appends[:MAX_APPEND_BATCH]
+            try:
+                outcomes = await self._commit_batch([message for message, _ in batch])
+            except BaseException as exc:
+                for _, answer in batch:
+                    if not answer.done():
+                        answer.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for (_, answer), outcome in zip(batch, outcomes, strict=True):
+                if answer.done():
+                    continue  # its sender went away; the message is stored all the same
+                if isinstance(outcome, PostResult):
+                    answer.set_result(outcome)
+                else:
+                    answer.set_exception(outcome)
+
+    async def _commit_batch(self, batch: list[NewMessage]) -> list[Outcome]:
+        with unavailable_on_failure():
+            try:
+                async with self._writing() as conn:
+                    return await append_batch(conn, batch)
+            except IntegrityError:
+                pass  # a unique key raced us after all: settle each message on its own
+        outcomes: list[Outcome] = []
+        for message in batch:
+            try:
+                outcomes.append(await self._append_alone(message))
+            except ChatError as refusal:
+                outcomes.append(refusal)
+        return outcomes
+
+    async def _append_alone(self, message: NewMessage) -> PostResult:
         with unavailable_on_failure():
             try:
                 return await self._append(message)
@@ -523,7 +559,7 @@ class SqlStore:
         with unavailable_on_failure():
             async with self._reading() as conn:
                 rows = (await conn.execute(query.limit(limit))).all()
-        return [_to_message(row) for row in rows]
+        return [to_message(row) for row in rows]
 
     async def last_seq(self, room_id: RoomId) -> int:
         with unavailable_on_failure():
@@ -553,6 +589,8 @@ class SqlStore:
                 await conn.execute(select(1))
 
     async def close(self) -> None:
+        if self._appender is not None and not self._appender.done():
+            await self._appender  # answer every queued SEND before the pool goes
         await self._engine.dispose()
 
 

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from chat_server.chat import ChatService
 from chat_server.errors import StoreUnavailable
-from chat_server.models import MessageDraft, PostResult, UserHeaders, UserId
+from chat_server.models import MessageDraft, PostResult, RoomId, UserHeaders, UserId
 from chat_server.web.services import Services
 from tests.conftest import SECRET
 from tests.hardening.conftest import ServerFactory, connect_bytes, expect_fatal, frame, send_body
@@ -132,3 +132,26 @@ async def test_bad_input_logs_no_traceback(
     await alice.send_raw(b"SEND\ncontent-length:x\n\n\0")
     await expect_fatal(alice, "invalid content-length", 1002)
     assert not [r for r in caplog.records if r.exc_info]
+
+
+class UnreachableStoreChat(ChatService):
+    """The membership check cannot reach the database (e.g. no pooled connection in time)."""
+
+    async def may_read(self, user: UserId, room_id: RoomId) -> bool:
+        raise StoreUnavailable(SECRET_DETAIL)
+
+
+async def test_database_failure_on_subscribe_is_try_again_later_not_internal_error(
+    make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    def compose(_app: web.Application, services: Services) -> Services:
+        return replace(services, chat=UnreachableStoreChat(services.store, services.broker))
+
+    server = await make_server(compose=compose)
+    room = await server.room("alice", "bob")
+    alice = await server.ws("alice")
+    await alice.send_raw(frame("SUBSCRIBE", [("destination", f"/queue/chat-rooms/{room}"),
+                                             ("id", "1")]))
+    error = await expect_fatal(alice, "try again later", 1013)
+    assert SECRET_DETAIL.encode() not in error.body
+    assert not [r for r in caplog.records if r.exc_info]  # not our bug: no traceback

@@ -1,0 +1,170 @@
+"""Appending messages in batches: many SENDs, one transaction, five statements in all.
+
+Under load the store commits whatever queued up while the previous commit ran (group
+commit): one fsync and a fixed number of statements per batch instead of per message, and
+each sender is still answered only after the commit that made its message durable.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import case, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from chat_server.errors import ChatError, NotAMember, RoomNotFound
+from chat_server.models import ChatMessage, MessageId, NewMessage, PostResult, RoomId, UserId
+from chat_server.store.rows import encode_headers, to_message
+from chat_server.store.schema import db_now_ms, messages, room_members, rooms
+
+#: What one queued append turns into: its result, or the refusal to raise to its sender.
+Outcome = PostResult | ChatError
+RetryKey = tuple[RoomId, UserId, str]
+
+
+@dataclass(slots=True)
+class _Plan:
+    """Refusals and answers to retries, known before anything is written; the rest to insert."""
+
+    outcomes: list[Outcome | None]
+    #: Batch indexes to insert, per room, in arrival order.
+    fresh: dict[RoomId, list[int]] = field(default_factory=lambda: defaultdict(list))
+    #: Retries of a message that is itself in this batch: they get its row once inserted.
+    echoes: list[tuple[int, RetryKey]] = field(default_factory=list)
+
+
+async def append_batch(conn: AsyncConnection, batch: Sequence[NewMessage]) -> list[Outcome]:
+    """Number and insert `batch` inside the caller's transaction; outcomes in batch order.
+
+    The batch's rooms are locked first, in ascending id (row locks on PostgreSQL; SQLite's
+    write lock is already held), so two workers' batches never deadlock, and retried
+    `client_message_id`s are looked up under those locks: no unique violation is left to race.
+    """
+    room_ids = sorted({message.room_id for message in batch})
+    existing = set(
+        await conn.scalars(
+            select(rooms.c.id)
+            .where(rooms.c.id.in_(room_ids))
+            .order_by(rooms.c.id)
+            .with_for_update()
+        )
+    )
+    plan = await _plan(conn, batch, existing)
+    inserted = await _insert(conn, batch, plan.fresh) if plan.fresh else {}
+    by_key: dict[RetryKey, ChatMessage] = {}
+    for index, message in inserted.items():
+        plan.outcomes[index] = PostResult(message, created=True)
+        if message.client_message_id is not None:
+            by_key[(message.room_id, message.sender_id, message.client_message_id)] = message
+    for index, key in plan.echoes:
+        plan.outcomes[index] = PostResult(by_key[key], created=False)
+    answers = [outcome for outcome in plan.outcomes if outcome is not None]
+    assert len(answers) == len(batch)
+    return answers
+
+
+async def _plan(
+    conn: AsyncConnection, batch: Sequence[NewMessage], existing: set[RoomId]
+) -> _Plan:
+    plan = _Plan([None] * len(batch))
+    members = {
+        (RoomId(row.room_id), UserId(row.user_id))
+        for row in await conn.execute(
+            select(room_members.c.room_id, room_members.c.user_id).where(
+                room_members.c.room_id.in_(existing),
+                room_members.c.user_id.in_({message.sender_id for message in batch}),
+            )
+        )
+    }
+    stored = await _stored_retries(conn, batch, existing)
+    first_in_batch: set[RetryKey] = set()
+    for index, message in enumerate(batch):
+        room, cmid = message.room_id, message.client_message_id
+        if room not in existing:
+            plan.outcomes[index] = RoomNotFound("room not found", {"roomId": room})
+        elif (room, message.sender_id) not in members:
+            plan.outcomes[index] = NotAMember("not a member of this room", {"roomId": room})
+        elif cmid is None:
+            plan.fresh[room].append(index)
+        elif (key := (room, message.sender_id, cmid)) in stored:
+            plan.outcomes[index] = PostResult(stored[key], created=False)
+        elif key in first_in_batch:
+            plan.echoes.append((index, key))
+        else:
+            first_in_batch.add(key)
+            plan.fresh[room].append(index)
+    return plan
+
+
+async def _stored_retries(
+    conn: AsyncConnection, batch: Sequence[NewMessage], existing: set[RoomId]
+) -> dict[RetryKey, ChatMessage]:
+    wanted = {m.client_message_id for m in batch if m.client_message_id is not None}
+    if not wanted:
+        return {}
+    rows = await conn.execute(
+        select(messages).where(
+            messages.c.room_id.in_(existing), messages.c.client_message_id.in_(wanted)
+        )
+    )
+    found: dict[RetryKey, ChatMessage] = {}
+    for row in rows:
+        message = to_message(row)
+        if message.client_message_id is not None:
+            found[(message.room_id, message.sender_id, message.client_message_id)] = message
+    return found
+
+
+async def _insert(
+    conn: AsyncConnection, batch: Sequence[NewMessage], fresh: dict[RoomId, list[int]]
+) -> dict[int, ChatMessage]:
+    """Take each room's seqs in one UPDATE (a rollback returns them: no holes), then insert."""
+    counts = {room: len(indexes) for room, indexes in fresh.items()}
+    numbered = await conn.execute(
+        update(rooms)
+        .where(rooms.c.id.in_(counts))
+        .values(
+            last_seq=rooms.c.last_seq + case(counts, value=rooms.c.id, else_=0),
+            last_activity_ms=db_now_ms(),
+        )
+        .returning(rooms.c.id, rooms.c.last_seq, rooms.c.last_activity_ms)
+    )
+    # The database's clock, read once: every message of the batch carries that time.
+    position = {RoomId(row.id): (row.last_seq, row.last_activity_ms) for row in numbered}
+    planned: list[tuple[int, int, int]] = []  # (batch index, seq, created_at_ms)
+    for room, indexes in fresh.items():
+        last_seq, now_ms = position[room]
+        first_seq = last_seq - len(indexes) + 1
+        planned.extend((index, first_seq + n, now_ms) for n, index in enumerate(indexes))
+    rows = [
+        {
+            "room_id": batch[index].room_id,
+            "seq": seq,
+            "sender_id": batch[index].sender_id,
+            "content": batch[index].content,
+            "client_message_id": batch[index].client_message_id,
+            "headers": encode_headers(batch[index].headers),
+            "created_at_ms": created_at_ms,
+        }
+        for index, seq, created_at_ms in planned
+    ]
+    ids = (
+        await conn.execute(
+            insert(messages).returning(messages.c.id, sort_by_parameter_order=True), rows
+        )
+    ).scalars().all()
+    return {
+        index: ChatMessage(
+            id=MessageId(int(message_id)),
+            room_id=batch[index].room_id,
+            seq=seq,
+            sender_id=batch[index].sender_id,
+            content=batch[index].content,
+            created_at_ms=created_at_ms,
+            client_message_id=batch[index].client_message_id,
+            headers=batch[index].headers,
+        )
+        for (index, seq, created_at_ms), message_id in zip(planned, ids, strict=True)
+    }
