@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import unicodedata
 from typing import Any
@@ -123,6 +124,17 @@ class MessageSchema(_Content):
         return MessageDraft(
             RoomId(data["chat_room_id"]), data["content"], data["client_message_id"]
         )
+
+
+@functools.cache
+def message_schema(max_content_bytes: int) -> MessageSchema:
+    """One schema per limit, shared by every connection (schemas keep no per-call state)."""
+    return MessageSchema(max_content_bytes=max_content_bytes)
+
+
+@functools.cache
+def room_message_schema(max_content_bytes: int) -> RoomMessageSchema:
+    return RoomMessageSchema(max_content_bytes=max_content_bytes)
 
 
 class RoomMessageSchema(_Content):

@@ -26,7 +26,7 @@ from chat_server.fanout import Delivery, Fanout, Tap
 from chat_server.metrics import Metrics
 from chat_server.models import RoomId, UserEvent, UserEventKind, UserHeaders, UserId
 from chat_server.outbox import Outbox, OutboxOverflow
-from chat_server.schemas import MessageSchema, load, parse_json_object
+from chat_server.schemas import load, message_schema, parse_json_object
 from chat_server.stomp.connection import Limits, State, StompConnection, Subscription
 from chat_server.stomp.errors import CloseCode, StompProtocolError
 from chat_server.stomp.frames import Command, Frame, Version, encodable, encode_headers
@@ -126,7 +126,7 @@ class Session:
         self._settings = settings
         self._admit_user = admit_user
         self._auth_failed = auth_failed
-        self._message_schema = MessageSchema(max_content_bytes=settings.max_body_bytes)
+        self._message_schema = message_schema(settings.max_body_bytes)
         self.started = time.monotonic()
         self.conn = StompConnection(
             Limits(

@@ -22,9 +22,9 @@ from chat_server.schemas import (
     GroupRoomSchema,
     HistoryQuerySchema,
     MemberSchema,
-    RoomMessageSchema,
     load,
     parse_json_object,
+    room_message_schema,
 )
 from chat_server.web.openapi import build_openapi
 from chat_server.web.services import SERVICES
@@ -189,7 +189,7 @@ async def post_message(request: web.Request) -> web.Response:
     room_id = _room_id(request)
     settings = request.app[SERVICES].settings
     content, client_message_id = load(
-        RoomMessageSchema(max_content_bytes=settings.max_body_bytes), await _json_body(request)
+        room_message_schema(settings.max_body_bytes), await _json_body(request)
     )
     try:
         result = await _chat(request).post(user, MessageDraft(room_id, content, client_message_id))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -19,18 +19,38 @@ from chat_server.session import Session
 from chat_server.store.base import MessageStore
 
 
-@dataclass(eq=False)
+class Cap:
+    """Counts holders per key and refuses one past `limit` (0: no limit)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.counts: dict[str, int] = {}
+
+    def admit(self, key: str) -> bool:
+        held = self.counts.get(key, 0)
+        if self.limit and held >= self.limit:
+            return False
+        self.counts[key] = held + 1
+        return True
+
+    def release(self, key: str) -> None:
+        remaining = self.counts.get(key, 0) - 1
+        if remaining > 0:
+            self.counts[key] = remaining
+        else:
+            self.counts.pop(key, None)  # keys never pile up: memory follows live connections
+
+
 class Connections:
     """Live sessions of this worker: for connection caps and for closing them on shutdown."""
 
-    max_per_user: int
-    max_per_ip: int
-    sessions: set[Session] = field(default_factory=set)
-    by_user: dict[UserId, int] = field(default_factory=dict)
-    by_ip: dict[str, int] = field(default_factory=dict)
-    accepting: bool = True
-    #: Set whenever no session is open (awaited by a graceful shutdown).
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    def __init__(self, max_per_user: int, max_per_ip: int) -> None:
+        self.sessions: set[Session] = set()
+        self.per_user = Cap(max_per_user)
+        self.per_ip = Cap(max_per_ip)
+        self.accepting = True
+        #: Set whenever no session is open (awaited by a graceful shutdown).
+        self.idle = asyncio.Event()
 
     def add(self, session: Session) -> None:
         self.sessions.add(session)
@@ -39,35 +59,18 @@ class Connections:
     def discard(self, session: Session) -> None:
         self.sessions.discard(session)
         if session.user is not None and session.admitted:
-            self.release_user(session.user)
+            self.per_user.release(session.user)
         if not self.sessions:
             self.idle.set()
 
     def admit_ip(self, ip: str) -> bool:
-        if self.max_per_ip and self.by_ip.get(ip, 0) >= self.max_per_ip:
-            return False
-        self.by_ip[ip] = self.by_ip.get(ip, 0) + 1
-        return True
+        return self.per_ip.admit(ip)
 
     def release_ip(self, ip: str) -> None:
-        remaining = self.by_ip.get(ip, 0) - 1
-        if remaining > 0:
-            self.by_ip[ip] = remaining
-        else:
-            self.by_ip.pop(ip, None)
+        self.per_ip.release(ip)
 
     def admit_user(self, _session: Session, user: UserId) -> bool:
-        if self.max_per_user and self.by_user.get(user, 0) >= self.max_per_user:
-            return False
-        self.by_user[user] = self.by_user.get(user, 0) + 1
-        return True
-
-    def release_user(self, user: UserId) -> None:
-        remaining = self.by_user.get(user, 0) - 1
-        if remaining > 0:
-            self.by_user[user] = remaining
-        else:
-            self.by_user.pop(user, None)
+        return self.per_user.admit(user)
 
 
 @dataclass(frozen=True, eq=False)

@@ -180,7 +180,7 @@ async def _drop_slow_consumer(
     ws: web.WebSocketResponse, session: Session, transport: asyncio.Transport | None
 ) -> None:
     """Send ERROR and a 1008 close without waiting for the peer, then cut the connection."""
-    log.info("closing session %s: slow consumer", session.conn.session_id)
+    log.info("cutting a slow consumer's connection", extra=session.log_context)
     session.slow_consumer()  # if the stall, not an overflow, found it: ERROR replaces the queue
     outbox = session.outbox
     final = outbox.take_now()

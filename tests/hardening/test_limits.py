@@ -177,7 +177,7 @@ async def test_connections_per_user_cap_is_1013(make_server: ServerFactory) -> N
     assert (await server.ws("bob")).ws.closed is False  # another user is unaffected
     await clients[0].ws.close()
     for _ in range(100):  # the slot comes back once the server has seen the close
-        if server.services.connections.by_user.get(UserId("alice")) == 2:
+        if server.services.connections.per_user.counts.get(UserId("alice")) == 2:
             break
         await asyncio.sleep(0.01)
     assert (await server.ws("alice")).ws.closed is False
@@ -194,8 +194,8 @@ async def test_connections_per_ip_cap_is_429_before_the_upgrade(
     for stomp in clients:
         await stomp.ws.close()
     for _ in range(200):
-        if not server.services.connections.by_ip:
+        if not server.services.connections.per_ip.counts:
             break
         await asyncio.sleep(0.01)
-    assert server.services.connections.by_ip == {}
+    assert server.services.connections.per_ip.counts == {}
     assert (await server.raw()).status == 101

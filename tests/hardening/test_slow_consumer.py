@@ -68,4 +68,4 @@ async def test_a_client_that_never_reads_is_closed_and_others_are_not_delayed(
     assert code in (1008, None)
     if b"ERROR\n" in data:
         assert b"message:slow consumer" in data
-    assert server.services.connections.by_user.get(UserId("carol")) is None
+    assert server.services.connections.per_user.counts.get(UserId("carol")) is None

@@ -138,6 +138,6 @@ async def test_w14_reset_mid_frame_returns_the_registry_to_baseline(server: Serv
         await asyncio.sleep(0.01)
     assert not server.services.connections.sessions
     assert server.services.fanout.rooms_watched == 0
-    assert server.services.connections.by_ip == {}
+    assert server.services.connections.per_ip.counts == {}
     assert await server.history("alice", room) == []
     assert (await server.ws("alice")).version.value == "1.2"
