@@ -12,13 +12,11 @@ from sqlalchemy import (
     BigInteger,
     Row,
     Text,
-    and_,
     delete,
     event,
     insert,
     literal,
     select,
-    update,
 )
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -26,10 +24,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from chat_server.errors import ChatError, NotAMember, RoomExists, RoomNotFound, StoreUnavailable
+from chat_server.errors import RoomExists, RoomNotFound, StoreUnavailable
 from chat_server.models import (
     ChatMessage,
-    MessageId,
     NewMessage,
     PostResult,
     Room,
@@ -38,7 +35,7 @@ from chat_server.models import (
     UserId,
 )
 from chat_server.store.appends import Outcome, append_batch
-from chat_server.store.rows import encode_headers, to_message
+from chat_server.store.rows import to_message
 from chat_server.store.schema import db_now_ms, messages, room_members, rooms
 from chat_server.store.urls import engine_url, sqlite_path
 
@@ -404,79 +401,6 @@ class SqlStore:
 
     # --- messages ----------------------------------------------------------------------------
 
-    async def _find_retry(self, conn: AsyncConnection, message: NewMessage) -> ChatMessage | None:
-        row = (
-            await conn.execute(
-                select(messages).where(
-                    messages.c.room_id == message.room_id,
-                    messages.c.sender_id == message.sender_id,
-                    messages.c.client_message_id == message.client_message_id,
-                )
-            )
-        ).one_or_none()
-        return None if row is None else to_message(row)
-
-    async def _append(self, message: NewMessage) -> PostResult:
-        async with self._writing() as conn:
-            if message.client_message_id is not None:
-                existing = await self._find_retry(conn, message)
-                if existing is not None:
-                    return PostResult(existing, created=False)
-            membership = (
-                await conn.execute(
-                    select(rooms.c.id, room_members.c.user_id)
-                    .select_from(
-                        rooms.outerjoin(
-                            room_members,
-                            and_(
-                                room_members.c.room_id == rooms.c.id,
-                                room_members.c.user_id == message.sender_id,
-                            ),
-                        )
-                    )
-                    .where(rooms.c.id == message.room_id)
-                )
-            ).one_or_none()
-            if membership is None:
-                raise _room_not_found(message.room_id)
-            if membership.user_id is None:
-                raise NotAMember("not a member of this room", {"roomId": message.room_id})
-            # The row lock (PostgreSQL) or the write lock (SQLite) serialises this per room, and
-            # a rollback returns the number: seqs are 1, 2, 3, ... with no holes.
-            numbered = (
-                await conn.execute(
-                    update(rooms)
-                    .where(rooms.c.id == message.room_id)
-                    .values(last_seq=rooms.c.last_seq + 1, last_activity_ms=db_now_ms())
-                    .returning(rooms.c.last_seq, rooms.c.last_activity_ms)
-                )
-            ).one()
-            message_id = await conn.scalar(
-                insert(messages)
-                .values(
-                    room_id=message.room_id,
-                    seq=numbered.last_seq,
-                    sender_id=message.sender_id,
-                    content=message.content,
-                    client_message_id=message.client_message_id,
-                    headers=encode_headers(message.headers),
-                    created_at_ms=numbered.last_activity_ms,
-                )
-                .returning(messages.c.id)
-            )
-        # Only now, after the commit, is the message durable.
-        stored = ChatMessage(
-            id=MessageId(int(message_id)),
-            room_id=message.room_id,
-            seq=numbered.last_seq,
-            sender_id=message.sender_id,
-            content=message.content,
-            created_at_ms=numbered.last_activity_ms,
-            client_message_id=message.client_message_id,
-            headers=message.headers,
-        )
-        return PostResult(stored, created=True)
-
     async def append_message(self, message: NewMessage) -> PostResult:
         """Queued for the next group commit; returns (or raises) once that commit is done."""
         loop = asyncio.get_running_loop()
@@ -510,34 +434,11 @@ class SqlStore:
                     answer.set_exception(outcome)
 
     async def _commit_batch(self, batch: list[NewMessage]) -> list[Outcome]:
+        # Rooms are locked before clientMessageIds are looked up (appends.py), so no unique
+        # violation can race us; any failure here leaves the batch unstored and unreceipted.
         with unavailable_on_failure():
-            try:
-                async with self._writing() as conn:
-                    return await append_batch(conn, batch)
-            except IntegrityError:
-                pass  # a unique key raced us after all: settle each message on its own
-        outcomes: list[Outcome] = []
-        for message in batch:
-            try:
-                outcomes.append(await self._append_alone(message))
-            except ChatError as refusal:
-                outcomes.append(refusal)
-        return outcomes
-
-    async def _append_alone(self, message: NewMessage) -> PostResult:
-        with unavailable_on_failure():
-            try:
-                return await self._append(message)
-            except IntegrityError:
-                # A concurrent retry of the same client_message_id committed first; ours was
-                # rolled back, its seq with it.
-                if message.client_message_id is None:
-                    raise
-                async with self._reading() as conn:
-                    existing = await self._find_retry(conn, message)
-                if existing is None:
-                    raise
-                return PostResult(existing, created=False)
+            async with self._writing() as conn:
+                return await append_batch(conn, batch)
 
     async def messages(
         self,
