@@ -159,11 +159,16 @@ async def _write(
             data = await outbox.take(timeout=interval)
             if data is None:
                 break
+            frame = data or HEARTBEAT  # STOMP 1.2: any byte counts as a heart-beat
+            if _cannot_block(transport, len(frame)):
+                # The kernel takes it now and the transport stays below its high-water mark, so
+                # aiohttp will not wait for the peer: no stall timer needed (the common case).
+                await ws.send_frame(frame, WSMsgType.TEXT)
+                continue
             async with asyncio.timeout(stall) as scope:
                 outbox.waker = lambda: scope.reschedule(loop.time())
                 try:
-                    # STOMP 1.2: any byte counts as a heart-beat, so idle means "nothing sent".
-                    await ws.send_frame(data or HEARTBEAT, WSMsgType.TEXT)
+                    await ws.send_frame(frame, WSMsgType.TEXT)
                 finally:
                     outbox.waker = None
         request = session.close_request
@@ -174,6 +179,18 @@ async def _write(
         await _drop_slow_consumer(ws, session, transport)
     except (ConnectionResetError, RuntimeError):
         outbox.discard()
+
+
+#: Room for the WebSocket frame header on top of the payload.
+_FRAME_OVERHEAD = 14
+
+
+def _cannot_block(transport: asyncio.Transport | None, size: int) -> bool:
+    """Whether writing `size` bytes keeps the transport under its high-water mark."""
+    if transport is None or transport.is_closing():
+        return False
+    _, high = transport.get_write_buffer_limits()
+    return transport.get_write_buffer_size() + size + _FRAME_OVERHEAD < high
 
 
 async def _drop_slow_consumer(
