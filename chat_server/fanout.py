@@ -73,9 +73,17 @@ class _Feed:
     #: Last seq delivered to the taps; None until read from the store after subscribing.
     last_seq: int | None = None
     held: dict[int, ChatMessage] = field(default_factory=dict)
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Done once `last_seq` is known (or the feed closed); a future, lighter than an Event.
+    ready: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
     gap_timer: asyncio.TimerHandle | None = None
     filling: bool = False
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class Fanout:
@@ -114,7 +122,7 @@ class Fanout:
             await self._open(feed)
         else:
             feed.taps.append(tap)
-            await feed.ready.wait()
+            await asyncio.shield(feed.ready)  # one waiter's cancellation is not the others'
             if feed.last_seq is None:  # the first subscriber's attempt to open it failed
                 self.detach(tap)
                 raise StoreUnavailable(f"room {tap.room_id} could not be opened")
@@ -136,7 +144,7 @@ class Fanout:
             del self._feeds[tap.room_id]
             if feed.gap_timer is not None:
                 feed.gap_timer.cancel()
-            feed.ready.set()  # nobody waits on a closed feed
+            _settle(feed.ready)  # nobody waits on a closed feed
             self._spawn(self._broker.unsubscribe(room_topic(tap.room_id)))
 
     async def _open(self, feed: _Feed) -> None:
@@ -147,9 +155,9 @@ class Fanout:
             feed.last_seq = await self._store.last_seq(feed.room_id)
         except BaseException:
             self._feeds.pop(feed.room_id, None)
-            feed.ready.set()
+            _settle(feed.ready)
             raise
-        feed.ready.set()
+        _settle(feed.ready)
         self._advance(feed)
 
     async def _replay(self, feed: _Feed, tap: Tap) -> None:

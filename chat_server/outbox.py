@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable
 
 
@@ -21,12 +20,13 @@ class Outbox:
 
     def __init__(self, limit_bytes: int) -> None:
         self.limit_bytes = limit_bytes
-        self._chunks: deque[bytes] = deque()
+        # A list, not a deque: an empty deque weighs 760 bytes on every idle connection.
+        self._chunks: list[bytes] = []
         self._size = 0
-        self._ready = asyncio.Event()
-        self._drained = asyncio.Event()
-        self._drained.set()
         self._closed = False
+        # Futures made only while someone waits: an idle connection holds no waiter objects.
+        self._writer_waiting: asyncio.Future[None] | None = None
+        self._drain_waiters: list[asyncio.Future[None]] = []
         #: Set by the writer while a write is in flight; `abandon` calls it to cut the write short.
         self.waker: Callable[[], None] | None = None
 
@@ -45,8 +45,7 @@ class Outbox:
             raise OutboxOverflow(f"outbox above {self.limit_bytes} bytes")
         self._chunks.append(data)
         self._size += len(data)
-        self._drained.clear()
-        self._ready.set()
+        self._wake_writer()
 
     def close(self, final: bytes = b"") -> None:
         """Accept nothing more; `final` (an ERROR frame, say) is the last thing written."""
@@ -56,7 +55,7 @@ class Outbox:
             self._chunks.append(final)
             self._size += len(final)
         self._closed = True
-        self._ready.set()
+        self._wake_writer()
 
     def abandon(self, final: bytes = b"") -> None:
         """A slow consumer: drop the backlog, keep only `final`, and wake a blocked writer."""
@@ -64,7 +63,7 @@ class Outbox:
         self._size = 0
         self._closed = False
         self.close(final)
-        self._drained.set()
+        self._release_drain_waiters()
         if self.waker is not None:
             self.waker()
 
@@ -73,29 +72,32 @@ class Outbox:
         self._chunks.clear()
         self._size = 0
         self._closed = True
-        self._ready.set()
-        self._drained.set()
+        self._wake_writer()
+        self._release_drain_waiters()
 
     async def take(self, timeout: float | None, max_bytes: int = 65536) -> bytes | None:
         """Queued frames joined (whole frames, about `max_bytes` at most), b"" if `timeout`
         passed idle, None once closed and empty."""
         if not self._chunks and not self._closed:
+            self._writer_waiting = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(self._ready.wait(), timeout)
+                await asyncio.wait_for(self._writer_waiting, timeout)
             except TimeoutError:
                 return b""
+            finally:
+                self._writer_waiting = None
         if not self._chunks:
             return None if self._closed else b""
-        taken = [self._chunks.popleft()]
-        total = len(taken[0])
-        while self._chunks and total + len(self._chunks[0]) <= max_bytes:
-            taken.append(self._chunks.popleft())
-            total += len(taken[-1])
+        chunks = self._chunks
+        count, total = 1, len(chunks[0])
+        while count < len(chunks) and total + len(chunks[count]) <= max_bytes:
+            total += len(chunks[count])
+            count += 1
+        taken = chunks[:count]
+        del chunks[:count]
         self._size -= total
         if not self._chunks:
-            if not self._closed:
-                self._ready.clear()
-            self._drained.set()
+            self._release_drain_waiters()
         return taken[0] if len(taken) == 1 else b"".join(taken)
 
     def take_now(self) -> bytes:
@@ -103,9 +105,23 @@ class Outbox:
         data = b"".join(self._chunks)
         self._chunks.clear()
         self._size = 0
-        self._drained.set()
+        self._release_drain_waiters()
         return data
 
     async def wait_drained(self) -> None:
         """Until the writer has taken everything queued (used to pace history replays)."""
-        await self._drained.wait()
+        if not self._chunks:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._drain_waiters.append(waiter)
+        await waiter
+
+    def _wake_writer(self) -> None:
+        if self._writer_waiting is not None and not self._writer_waiting.done():
+            self._writer_waiting.set_result(None)
+
+    def _release_drain_waiters(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)

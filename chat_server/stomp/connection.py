@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
@@ -160,7 +159,7 @@ class StompConnection:
         self._server_heartbeat_ms = server_heartbeat_ms
         self._subprotocol = subprotocol
         self._parser = FrameParser(limits.parser, self.version)
-        self._unacked: OrderedDict[str, Subscription] = OrderedDict()
+        self._unacked: dict[str, Subscription] = {}  # insertion-ordered, as ACK needs
         self._transactions: dict[str, _Transaction] = {}
         self._message_counter = 0
 

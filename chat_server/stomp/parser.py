@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum, auto
@@ -101,7 +100,8 @@ class FrameParser:
         self._headers: list[tuple[str, str]] = []
         self._content_length: int | None = None
         self._frame_bytes = 0  # bytes of the current frame already consumed from _buf
-        self._ready: deque[_RawFrame] = deque()
+        # A list, not a deque: it holds a frame or two, and an idle connection keeps it.
+        self._ready: list[_RawFrame] = []
         self._pending_error: StompProtocolError | None = None  # found by feed, not yet raised
         self._dead: StompProtocolError | None = None  # raised by frames; the parser is finished
 
@@ -132,7 +132,7 @@ class FrameParser:
             if self._dead is not None:
                 raise self._dead.with_traceback(None)
             if self._ready:
-                command, headers, body = self._ready.popleft()
+                command, headers, body = self._ready.pop(0)
                 try:
                     frame = Frame(command, self._unescape(command, headers), body)
                 except StompProtocolError as exc:
