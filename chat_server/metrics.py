@@ -62,10 +62,6 @@ class Metrics:
             "chat_broker_connected", "1 while the broker connection is up (min over workers)",
             registry=registry, multiprocess_mode="livemin",
         )
-        self.broker_publish_failures = Counter(
-            "chat_broker_publish_failures", "Publishes that did not reach the broker",
-            registry=registry,
-        )
         self.gap_fills = Counter(
             "chat_gap_fills", "Times a room read missing messages from the database",
             registry=registry,

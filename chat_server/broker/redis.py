@@ -291,16 +291,6 @@ class RedisBroker:
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("redis unsubscribe from %s failed: %s", topic, exc.__class__.__name__)
 
-    async def ping(self) -> bool:
-        try:
-            return bool(await asyncio.wait_for(self._publisher.ping(), self._timeout_s))
-        except (RedisError, OSError, TimeoutError):
-            return False
-
-    @property
-    def topics(self) -> frozenset[str]:
-        return frozenset(self._topics)
-
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
