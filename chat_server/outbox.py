@@ -10,12 +10,16 @@ class OutboxOverflow(Exception):
     """The peer reads slower than its rooms talk; the connection is to be closed."""
 
 
+def _ignore() -> None:
+    pass
+
+
 class Outbox:
-    """Frames waiting for one socket's writer task.
+    """Frames waiting for one socket's writer.
 
     `put` never blocks (fan-out must never wait for one client); past `limit_bytes` it raises
-    `OutboxOverflow`. The writer takes everything queued at once, so frames that pile up while
-    a write is in flight leave in one WebSocket message.
+    `OutboxOverflow`. The writer is told through `on_ready` and takes everything queued at once,
+    so frames queued in the same loop iteration leave in one WebSocket message.
     """
 
     def __init__(self, limit_bytes: int) -> None:
@@ -25,10 +29,11 @@ class Outbox:
         self._size = 0
         self._closed = False
         # Futures made only while someone waits: an idle connection holds no waiter objects.
-        self._writer_waiting: asyncio.Future[None] | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
-        #: Set by the writer while a write is in flight; `abandon` calls it to cut the write short.
-        self.waker: Callable[[], None] | None = None
+        #: Called after every put, close, abandon and discard (the writer schedules a flush).
+        self.on_ready: Callable[[], None] = _ignore
+        #: Called by `abandon`, so a writer waiting for a slow peer stops waiting.
+        self.on_abandon: Callable[[], None] = _ignore
 
     @property
     def size(self) -> int:
@@ -38,6 +43,11 @@ class Outbox:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def pending(self) -> bool:
+        """Whether anything is queued."""
+        return bool(self._chunks)
+
     def put(self, data: bytes) -> None:
         if self._closed:
             return
@@ -45,7 +55,7 @@ class Outbox:
             raise OutboxOverflow(f"outbox above {self.limit_bytes} bytes")
         self._chunks.append(data)
         self._size += len(data)
-        self._wake_writer()
+        self.on_ready()
 
     def close(self, final: bytes = b"") -> None:
         """Accept nothing more; `final` (an ERROR frame, say) is the last thing written."""
@@ -55,57 +65,42 @@ class Outbox:
             self._chunks.append(final)
             self._size += len(final)
         self._closed = True
-        self._wake_writer()
+        self.on_ready()
 
     def abandon(self, final: bytes = b"") -> None:
-        """A slow consumer: drop the backlog, keep only `final`, and wake a blocked writer."""
+        """A slow consumer: drop the backlog, keep only `final`, and cut a blocked write short."""
         self._chunks.clear()
         self._size = 0
         self._closed = False
         self.close(final)
         self._release_drain_waiters()
-        if self.waker is not None:
-            self.waker()
+        self.on_abandon()
 
     def discard(self) -> None:
         """Drop whatever is queued (the socket is gone) and close."""
         self._chunks.clear()
         self._size = 0
         self._closed = True
-        self._wake_writer()
         self._release_drain_waiters()
+        self.on_ready()
 
-    async def take(self, timeout: float | None, max_bytes: int = 65536) -> bytes | None:
-        """Queued frames joined (whole frames, about `max_bytes` at most), b"" if `timeout`
-        passed idle, None once closed and empty."""
-        if not self._chunks and not self._closed:
-            self._writer_waiting = asyncio.get_running_loop().create_future()
-            try:
-                await asyncio.wait_for(self._writer_waiting, timeout)
-            except TimeoutError:
-                return b""
-            finally:
-                self._writer_waiting = None
-        if not self._chunks:
-            return None if self._closed else b""
+    def take(self, max_bytes: int | None = None) -> bytes:
+        """Queued frames joined: whole frames, about `max_bytes` at most (b"" when empty)."""
         chunks = self._chunks
-        count, total = 1, len(chunks[0])
-        while count < len(chunks) and total + len(chunks[count]) <= max_bytes:
-            total += len(chunks[count])
-            count += 1
-        taken = chunks[:count]
+        if not chunks:
+            return b""
+        if max_bytes is None or self._size <= max_bytes:
+            count, total = len(chunks), self._size
+        else:
+            count, total = 1, len(chunks[0])
+            while count < len(chunks) and total + len(chunks[count]) <= max_bytes:
+                total += len(chunks[count])
+                count += 1
+        data = chunks[0] if count == 1 else b"".join(chunks[:count])
         del chunks[:count]
         self._size -= total
-        if not self._chunks:
+        if not chunks:
             self._release_drain_waiters()
-        return taken[0] if len(taken) == 1 else b"".join(taken)
-
-    def take_now(self) -> bytes:
-        """Everything queued, joined, without waiting (b"" when empty)."""
-        data = b"".join(self._chunks)
-        self._chunks.clear()
-        self._size = 0
-        self._release_drain_waiters()
         return data
 
     async def wait_drained(self) -> None:
@@ -116,11 +111,9 @@ class Outbox:
         self._drain_waiters.append(waiter)
         await waiter
 
-    def _wake_writer(self) -> None:
-        if self._writer_waiting is not None and not self._writer_waiting.done():
-            self._writer_waiting.set_result(None)
-
     def _release_drain_waiters(self) -> None:
+        if not self._drain_waiters:
+            return
         waiters, self._drain_waiters = self._drain_waiters, []
         for waiter in waiters:
             if not waiter.done():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -12,16 +10,13 @@ from aiohttp import WSMsgType, web
 
 from chat_server.session import Session
 from chat_server.stomp.connection import SUBPROTOCOLS
-from chat_server.stomp.frames import HEARTBEAT
 from chat_server.web.rest import json_error
 from chat_server.web.services import SERVICES, Services
+from chat_server.web.socket_writer import SocketWriter
 
 log = logging.getLogger(__name__)
 
 _MAX_OFFERED_PROTOCOLS = 16
-#: After a slow consumer's ERROR and close frame are handed to the socket, how long the peer
-#: has to take them before the connection is cut (the buffered bytes are then freed).
-SLOW_CONSUMER_GRACE_S = 1.0
 
 
 def choose_subprotocol(header: str | None) -> str | None:
@@ -88,7 +83,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         connections.add(session)
         services.metrics.connections.inc()
         try:
-            await _serve(ws, session, services, request.transport)
+            await _serve(ws, session, services, request)
         finally:
             services.metrics.connections.dec()
             session.release()
@@ -103,20 +98,16 @@ def _count_auth_failure(services: Services, ip: str) -> None:
 
 
 async def _serve(
-    ws: web.WebSocketResponse,
-    session: Session,
-    services: Services,
-    transport: asyncio.Transport | None,
+    ws: web.WebSocketResponse, session: Session, services: Services, request: web.Request
 ) -> None:
     stall = services.settings.send_stall_s or None
-    writer = asyncio.create_task(_write(ws, session, stall, transport))
+    writer = SocketWriter(ws, session, request.transport, request.writer.drain, stall)
     try:
         await _read(ws, session)
     finally:
         if session.close_request is None:
             session.outbox.discard()  # the peer went away first: nothing left to say
-        with contextlib.suppress(asyncio.CancelledError):
-            await writer
+        await writer.finished()
 
 
 async def _read(ws: web.WebSocketResponse, session: Session) -> None:
@@ -137,75 +128,3 @@ async def _read(ws: web.WebSocketResponse, session: Session) -> None:
             await session.receive(message.data)
         else:  # CLOSE, CLOSING, CLOSED, ERROR (aiohttp already answered 1009, 1007, 1002)
             return
-
-
-async def _write(
-    ws: web.WebSocketResponse,
-    session: Session,
-    stall: float | None,
-    transport: asyncio.Transport | None,
-) -> None:
-    """The only writer of the socket: frames from the outbox, heart-beats when idle.
-
-    A write may wait for the peer (the transport's buffer is full), never longer than `stall`,
-    and never past the moment the outbox overflows: the session then abandons the outbox, which
-    cuts the write short. Fan-out only ever appends to the outbox, so no one else waits here.
-    """
-    outbox = session.outbox
-    loop = asyncio.get_running_loop()
-    try:
-        while True:
-            interval = session.conn.heart_beats.send_ms / 1000 or None
-            data = await outbox.take(timeout=interval)
-            if data is None:
-                break
-            frame = data or HEARTBEAT  # STOMP 1.2: any byte counts as a heart-beat
-            if _cannot_block(transport, len(frame)):
-                # The kernel takes it now and the transport stays below its high-water mark, so
-                # aiohttp will not wait for the peer: no stall timer needed (the common case).
-                await ws.send_frame(frame, WSMsgType.TEXT)
-                continue
-            async with asyncio.timeout(stall) as scope:
-                outbox.waker = lambda: scope.reschedule(loop.time())
-                try:
-                    await ws.send_frame(frame, WSMsgType.TEXT)
-                finally:
-                    outbox.waker = None
-        request = session.close_request
-        if request is not None:
-            closing = ws.close(code=request.code, message=request.reason.encode())
-            await asyncio.wait_for(closing, stall)
-    except TimeoutError:
-        await _drop_slow_consumer(ws, session, transport)
-    except (ConnectionResetError, RuntimeError):
-        outbox.discard()
-
-
-#: Room for the WebSocket frame header on top of the payload.
-_FRAME_OVERHEAD = 14
-
-
-def _cannot_block(transport: asyncio.Transport | None, size: int) -> bool:
-    """Whether writing `size` bytes keeps the transport under its high-water mark."""
-    if transport is None or transport.is_closing():
-        return False
-    _, high = transport.get_write_buffer_limits()
-    return transport.get_write_buffer_size() + size + _FRAME_OVERHEAD < high
-
-
-async def _drop_slow_consumer(
-    ws: web.WebSocketResponse, session: Session, transport: asyncio.Transport | None
-) -> None:
-    """Send ERROR and a 1008 close without waiting for the peer, then cut the connection."""
-    log.info("cutting a slow consumer's connection", extra=session.log_context)
-    session.slow_consumer()  # if the stall, not an overflow, found it: ERROR replaces the queue
-    outbox = session.outbox
-    final = outbox.take_now()
-    outbox.discard()
-    with contextlib.suppress(Exception):
-        if final:
-            await asyncio.wait_for(ws.send_frame(final, WSMsgType.TEXT), 0.05)
-        await asyncio.wait_for(ws.close(code=1008, message=b"slow consumer", drain=False), 0.05)
-    if transport is not None:
-        # close() waits for the buffer to flush, which a peer that never reads never allows.
-        asyncio.get_running_loop().call_later(SLOW_CONSUMER_GRACE_S, transport.abort)

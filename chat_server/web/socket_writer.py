@@ -1,0 +1,228 @@
+"""The only writer of one WebSocket: the outbox's frames, heart-beats, and the close.
+
+Frames leave in the loop iteration after they were queued, joined into one WebSocket message and
+written straight into the transport: no task wakes up per delivery, and an idle connection owns
+no task at all. Only a peer that reads slowly (the transport above its high-water mark) gets a
+task that waits for the transport to drain, never longer than the send stall and never past an
+outbox overflow; the connection is then cut as a slow consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from chat_server.outbox import Outbox
+from chat_server.session import Session
+from chat_server.stomp.frames import HEARTBEAT
+
+log = logging.getLogger(__name__)
+
+#: After a slow consumer's ERROR and close frame are handed to the socket, how long the peer
+#: has to take them before the connection is cut (the buffered bytes are then freed).
+SLOW_CONSUMER_GRACE_S = 1.0
+#: Frames are joined into WebSocket messages of about this size at most.
+MAX_MESSAGE_BYTES = 65536
+#: Payloads this large are written after their header instead of copied into one buffer.
+_COPY_LIMIT = 16384
+#: A heart-beat timer that fires this close to its due time counts as due.
+_TIMER_SLACK_S = 0.01
+
+_FIN_TEXT = 0x81
+_SHORT = struct.Struct("!BB")
+_MEDIUM = struct.Struct("!BBH")
+_LONG = struct.Struct("!BBQ")
+
+
+def text_header(length: int) -> bytes:
+    """RFC 6455 §5.2 header of a final, unmasked text frame (servers never mask)."""
+    if length < 126:
+        return _SHORT.pack(_FIN_TEXT, length)
+    if length < 65536:
+        return _MEDIUM.pack(_FIN_TEXT, 126, length)
+    return _LONG.pack(_FIN_TEXT, 127, length)
+
+
+def _ignore() -> None:
+    pass
+
+
+class SocketWriter:
+    """Moves one session's outbox to its socket; `finished()` waits for the close."""
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        session: Session,
+        transport: asyncio.Transport | None,
+        drain: Callable[[], Awaitable[None]],
+        stall: float | None,
+    ) -> None:
+        self._ws = ws
+        self._session = session
+        self._outbox: Outbox = session.outbox
+        self._transport = transport
+        self._drain = drain
+        self._stall = stall
+        self._loop = asyncio.get_running_loop()
+        self._high_water = transport.get_write_buffer_limits()[1] if transport else 0
+        self._flush_scheduled = False
+        #: The slow path while it runs: waiting for a slow peer, or closing.
+        self._task: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.TimerHandle | None = None
+        self._heartbeat_s = 0.0
+        self._heartbeats_decided = False
+        self._last_write = self._loop.time()
+        self._done: asyncio.Future[None] = self._loop.create_future()
+        self._outbox.on_ready = self._schedule_flush
+        if self._outbox.pending or self._outbox.closed:
+            self._schedule_flush()
+
+    async def finished(self) -> None:
+        """Until everything is written and the socket closed (or found gone)."""
+        await asyncio.shield(self._done)
+
+    # --- the fast path: called from the event loop, never waits -------------------------------
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and self._task is None and not self._done.done():
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._task is not None or self._done.done():
+            return
+        outbox = self._outbox
+        try:
+            while outbox.pending:
+                if self._peer_behind():
+                    self._start(self._wait_for_peer())
+                    return
+                self._write(outbox.take(MAX_MESSAGE_BYTES))
+        except ConnectionError:
+            self._gone()
+            return
+        if outbox.closed:
+            self._start(self._close())
+        elif not self._heartbeats_decided:
+            # The first flush carries CONNECTED (or an ERROR): heart-beats are negotiated by now.
+            self._heartbeats_decided = True
+            self._start_heartbeats()
+
+    def _peer_behind(self) -> bool:
+        """The transport is above its high-water mark: aiohttp's protocol is paused."""
+        transport = self._transport
+        return transport is not None and transport.get_write_buffer_size() > self._high_water
+
+    def _write(self, payload: bytes) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._ws.closed:
+            raise ConnectionResetError("the socket is closing")
+        header = text_header(len(payload))
+        if len(payload) < _COPY_LIMIT:
+            transport.write(header + payload)
+        else:
+            transport.write(header)
+            transport.write(payload)
+        self._last_write = self._loop.time()
+
+    # --- heart-beats: one timer, re-armed from the last write -----------------------------------
+
+    def _start_heartbeats(self) -> None:
+        interval = self._session.conn.heart_beats.send_ms / 1000
+        if interval:
+            self._heartbeat_s = interval
+            self._heartbeat = self._loop.call_at(self._last_write + interval, self._beat)
+
+    def _beat(self) -> None:
+        now = self._loop.time()
+        due = self._last_write + self._heartbeat_s
+        if now + _TIMER_SLACK_S >= due:
+            if self._task is None and not self._outbox.pending:
+                try:
+                    self._write(HEARTBEAT)  # STOMP 1.2: any byte counts as a heart-beat
+                except ConnectionError:
+                    self._gone()
+                    return
+            due = now + self._heartbeat_s
+        self._heartbeat = self._loop.call_at(due, self._beat)
+
+    # --- the slow path: one task, only while the peer lags or the socket closes -----------------
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        self._task = self._loop.create_task(work)
+
+    async def _wait_for_peer(self) -> None:
+        """Wait, at most the stall, for the transport to drain; an overflow cuts the wait short."""
+        outbox = self._outbox
+        try:
+            async with asyncio.timeout(self._stall) as scope:
+                outbox.on_abandon = lambda: scope.reschedule(self._loop.time())
+                try:
+                    await self._drain()
+                finally:
+                    outbox.on_abandon = _ignore
+        except TimeoutError:
+            await self._drop_slow_consumer()
+            return
+        except ConnectionError:
+            self._gone()
+            return
+        finally:
+            self._task = None
+        self._flush()
+
+    async def _close(self) -> None:
+        request = self._session.close_request
+        try:
+            if request is not None:
+                closing = self._ws.close(code=request.code, message=request.reason.encode())
+                await asyncio.wait_for(closing, self._stall)
+        except TimeoutError:
+            await self._drop_slow_consumer()
+        except (ConnectionError, RuntimeError):
+            pass
+        finally:
+            self._task = None
+            self._finish()
+
+    async def _drop_slow_consumer(self) -> None:
+        """Send ERROR and a 1008 close without waiting for the peer, then cut the connection."""
+        session = self._session
+        log.info("cutting a slow consumer's connection", extra=session.log_context)
+        session.slow_consumer()  # if the stall, not an overflow, found it: ERROR replaces the queue
+        final = self._outbox.take()
+        self._outbox.discard()
+        with contextlib.suppress(Exception):
+            if final:
+                await asyncio.wait_for(self._ws.send_frame(final, WSMsgType.TEXT), 0.05)
+            await asyncio.wait_for(
+                self._ws.close(code=1008, message=b"slow consumer", drain=False), 0.05
+            )
+        if self._transport is not None:
+            # close() waits for the buffer to flush, which a peer that never reads never allows.
+            self._loop.call_later(SLOW_CONSUMER_GRACE_S, self._transport.abort)
+        self._finish()
+
+    # --- the end --------------------------------------------------------------------------------
+
+    def _gone(self) -> None:
+        """Nothing more can be written: drop what is queued."""
+        self._finish()
+        self._outbox.discard()
+
+    def _finish(self) -> None:
+        if self._done.done():
+            return
+        self._done.set_result(None)
+        self._outbox.on_ready = _ignore
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
