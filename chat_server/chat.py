@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 
 from chat_server.broker.base import Broker, room_topic, user_topic
 from chat_server.errors import Forbidden, NotAMember, RoomNotFound, ValidationFailed
@@ -17,6 +18,7 @@ from chat_server.models import (
     Room,
     RoomId,
     RoomKind,
+    SendChain,
     UserEventKind,
     UserHeaders,
     UserId,
@@ -47,16 +49,35 @@ class ChatService:
 
         A retried `clientMessageId` returns the stored message and is not published again.
         """
-        try:
-            result = await self._store.append_message(
-                NewMessage(draft.room_id, sender, draft.content, draft.client_message_id, headers)
+        return await self.submit(sender, draft, headers)
+
+    def submit(
+        self,
+        sender: UserId,
+        draft: MessageDraft,
+        headers: UserHeaders = (),
+        chain: SendChain | None = None,
+    ) -> Awaitable[PostResult]:
+        """`post` in two steps: the message is queued for storing now, in call order, and the
+        returned awaitable finishes the post. Await each one: that is where it is published."""
+        stored = self._store.append_message(
+            NewMessage(
+                draft.room_id, sender, draft.content, draft.client_message_id, headers, chain
             )
+        )
+        return self._publish_stored(draft.room_id, stored)
+
+    async def _publish_stored(
+        self, room_id: RoomId, stored: Awaitable[PostResult]
+    ) -> PostResult:
+        try:
+            result = await stored
         except RoomNotFound:
             # Refuse a missing room exactly like someone else's room: existence never leaks.
-            raise NotAMember(f"not a member of room {draft.room_id}") from None
+            raise NotAMember(f"not a member of room {room_id}") from None
         if result.created:
             self._metrics.messages_stored.inc()
-            await self._publish(room_topic(draft.room_id), encode_envelope(result.message))
+            await self._publish(room_topic(room_id), encode_envelope(result.message))
         return result
 
     async def history(

@@ -29,6 +29,7 @@ class Settings:
     max_header_bytes: int = 8192
     max_subscriptions: int = 50
     max_unacked: int = 1000
+    max_pipelined_sends: int = 32
     connect_timeout_s: float = 10.0
     heartbeat_ms: int = 10000
     ws_ping_s: float = 25.0

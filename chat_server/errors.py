@@ -41,6 +41,13 @@ class NotAMember(ChatError):
     status = 403
 
 
+class NotStored(ChatError):
+    """Dropped unstored: an earlier SEND of the same connection failed (see `SendChain`)."""
+
+    code = "not_stored"
+    status = 409
+
+
 class Forbidden(ChatError):
     code = "forbidden"
     status = 403

@@ -23,6 +23,8 @@ MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: From commit to the subscriber's outbox, in seconds: local, cross-worker, after gap fills.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
 
 class Metrics:
     """The server's metrics; one instance per application (and its own registry)."""
@@ -57,6 +59,10 @@ class Metrics:
             "chat_delivery_latency_seconds",
             "From a message's commit (its createdAt) to its delivery by this worker",
             buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.append_batch_size = Histogram(
+            "chat_append_batch_size", "Messages stored per transaction (group commit)",
+            buckets=BATCH_BUCKETS, registry=registry,
         )
         self.broker_connected = Gauge(
             "chat_broker_connected", "1 while the broker connection is up (min over workers)",

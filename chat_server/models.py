@@ -50,6 +50,19 @@ class Room:
         }
 
 
+@dataclass(slots=True, eq=False)
+class SendChain:
+    """One connection's SENDs queued for storing without waiting for each other's commit.
+
+    Once one of them fails (refused with `stop_on_refusal`, or its transaction failed), the
+    store drops the ones queued behind it: nothing is stored that a connection sending one
+    SEND at a time would not have stored.
+    """
+
+    stop_on_refusal: bool = True
+    broken: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class NewMessage:
     """A message as the sender asked for it, before the database numbers it."""
@@ -59,6 +72,7 @@ class NewMessage:
     content: str
     client_message_id: str | None = None
     headers: UserHeaders = ()
+    chain: SendChain | None = None
 
 
 @dataclass(frozen=True, slots=True)

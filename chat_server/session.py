@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import assert_never
 
@@ -24,7 +25,16 @@ from chat_server.errors import (
 )
 from chat_server.fanout import Delivery, Fanout, Tap
 from chat_server.metrics import Metrics
-from chat_server.models import RoomId, UserEvent, UserEventKind, UserHeaders, UserId
+from chat_server.models import (
+    MessageDraft,
+    PostResult,
+    RoomId,
+    SendChain,
+    UserEvent,
+    UserEventKind,
+    UserHeaders,
+    UserId,
+)
 from chat_server.outbox import Outbox, OutboxOverflow
 from chat_server.schemas import load, message_schema, parse_json_object
 from chat_server.stomp.connection import Limits, State, StompConnection, Subscription
@@ -160,6 +170,10 @@ class Session:
         self._busy = False
         #: The server is shutting down: finish the frame in hand, then close with 1001.
         self._stopping = False
+        #: SENDs queued for storing, oldest first, and the task that answers them in order.
+        self._sends: list[tuple[Frame, Awaitable[PostResult]]] = []
+        self._answerer: asyncio.Task[None] | None = None
+        self._chain: SendChain | None = None
 
     @property
     def log_context(self) -> dict[str, str | None]:
@@ -192,17 +206,25 @@ class Session:
                 if self.close_request is not None:
                     return
             if self._stopping:
+                await self._settle_sends()
                 self._close_going_away()
-        except StompProtocolError as exc:
+        except Exception as exc:
+            if not isinstance(exc, OutboxOverflow):
+                await self._settle_sends()  # the ERROR comes after the earlier SENDs' replies
+            self._answer_failure(exc)
+
+    def _answer_failure(self, exc: Exception) -> None:
+        """The ERROR (or slow-consumer cut) that what handling a frame raised calls for."""
+        if isinstance(exc, StompProtocolError):
             self.fail(exc)
-        except OutboxOverflow:
+        elif isinstance(exc, OutboxOverflow):
             self.slow_consumer()
-        except StoreUnavailable:
+        elif isinstance(exc, StoreUnavailable):
             # The database, not this client, failed (e.g. no pooled connection in time).
             log.warning("database unavailable", extra=self.log_context)
             self.fail(StompProtocolError("try again later", close_code=CloseCode.TRY_AGAIN_LATER))
-        except Exception:
-            log.exception("internal error", extra=self.log_context)
+        else:
+            log.error("internal error", exc_info=exc, extra=self.log_context)
             self.fail(StompProtocolError("internal error", close_code=CloseCode.INTERNAL_ERROR))
 
     def read_deadline(self) -> float | None:
@@ -253,7 +275,7 @@ class Session:
         if self.close_request is not None:
             return
         self._stopping = True
-        if not self._busy:
+        if not self._busy and not self._sends:
             self._close_going_away()
 
     def _close_going_away(self) -> None:
@@ -265,12 +287,21 @@ class Session:
     # --- dispatch -----------------------------------------------------------------------------
 
     async def _handle(self, frame: Frame) -> None:
+        if frame.command is not Command.SEND:
+            # Answered after the SENDs before it (replies keep the frames' order); a SEND does
+            # not wait, so that a burst of them shares a group commit.
+            await self._settle_sends()
+            if self.close_request is not None:
+                return  # one of those SENDs failed the connection
+        await self._dispatch(frame)
+
+    async def _dispatch(self, frame: Frame) -> None:
         match frame.command:
             case Command.CONNECT | Command.STOMP:
                 await self._connect(frame)
             case Command.SEND:
                 await self._on_send(frame)
-                return  # receipted there: a SEND only once its message is stored
+                return  # receipted once its message is stored
             case Command.SUBSCRIBE:
                 await self._subscribe(frame)
             case Command.UNSUBSCRIBE:
@@ -292,12 +323,6 @@ class Session:
                 assert_never(frame.command)
         self._reply_receipt(frame)
 
-    async def _on_send(self, frame: Frame) -> None:
-        if self.conn.enlist(frame):
-            self._reply_receipt(frame)
-        else:
-            await self._send(frame)
-
     def _on_ack(self, frame: Frame) -> None:
         if not self.conn.enlist(frame):
             self.conn.acknowledge(frame)
@@ -318,7 +343,7 @@ class Session:
     async def _commit(self, frame: Frame) -> None:
         for held in self.conn.commit(frame):
             if held.command is Command.SEND:
-                await self._send(held, receipt=False)
+                await self._send(held)
             else:
                 self.conn.acknowledge(held)
 
@@ -347,25 +372,96 @@ class Session:
 
     # --- SEND ---------------------------------------------------------------------------------
 
-    async def _send(self, frame: Frame, *, receipt: bool = True) -> None:
-        destination = frame.get("destination")
-        if destination != SEND_DESTINATION:
-            raise self.conn.refuse(frame, "Unknown destination")
-        user = self.user
-        assert user is not None
+    async def _on_send(self, frame: Frame) -> None:
+        """Queue the message for storing and go on reading: the SENDs of a burst share a group
+        commit. Each is receipted, in order, by `_answer_sends` once its commit is done."""
         try:
-            draft = load(self._message_schema, self._json_body(frame))
-            await self._chat.post(user, draft, self._user_headers(frame))
-        except ChatError as refusal:
+            held = self.conn.enlist(frame)  # in a transaction: stored at its COMMIT
+            prepared = None if held else self._draft(frame)
+        except (StompProtocolError, ChatError) as refusal:
+            await self._settle_sends()  # the refusal comes after the replies to earlier SENDs
+            if self.close_request is not None:
+                return
+            if isinstance(refusal, StompProtocolError):
+                raise
             self._refuse_send(frame, refusal)
             return
+        if prepared is None or len(self._sends) >= self._settings.max_pipelined_sends:
+            await self._settle_sends()  # in order; at the limit, stop reading: back-pressure
+            if self.close_request is not None:
+                return
+        if prepared is None:
+            self._reply_receipt(frame)
+            return
+        if self._chain is None or self._chain.broken:
+            self._chain = SendChain(stop_on_refusal=self._errors_sub is None)
+        draft, headers = prepared
+        stored = self._chat.submit(self._require_user(), draft, headers, self._chain)
+        self._sends.append((frame, stored))
+        if self._answerer is None:
+            self._answerer = asyncio.get_running_loop().create_task(self._answer_sends())
+
+    async def _answer_sends(self) -> None:
+        """RECEIPT (or refuse) each queued SEND, in order, once its commit is done.
+
+        Runs to the end even when the socket is gone: awaiting each SEND is what publishes it.
+        """
+        try:
+            while self._sends:
+                frame, stored = self._sends[0]
+                try:
+                    await stored
+                except ChatError as refusal:
+                    if self.close_request is None:
+                        self._refuse_send(frame, refusal)
+                    continue
+                except StoreUnavailable:
+                    # Outcome unknown: no RECEIPT; the client retries with its clientMessageId.
+                    raise self.conn.refuse(
+                        frame, "message not stored: try again", CloseCode.TRY_AGAIN_LATER
+                    ) from None
+                finally:
+                    del self._sends[0]
+                if self.close_request is None:
+                    self._reply_receipt(frame)
+        except Exception as exc:
+            self._answer_failure(exc)
+            for _, stored in self._sends:  # published if stored; never receipted
+                with contextlib.suppress(Exception):
+                    await stored
+            self._sends.clear()
+        finally:
+            self._answerer = None
+            if self._stopping and not self._busy:
+                self._close_going_away()
+
+    async def _settle_sends(self) -> None:
+        """Until every queued SEND has been answered."""
+        while self._answerer is not None:
+            await asyncio.shield(self._answerer)
+
+    async def _send(self, frame: Frame) -> None:
+        """A SEND held by a transaction, stored at its COMMIT (which is receipted, not it)."""
+        try:
+            draft, headers = self._draft(frame)
+            await self._chat.post(self._require_user(), draft, headers)
+        except ChatError as refusal:
+            self._refuse_send(frame, refusal)
         except StoreUnavailable:
-            # Outcome unknown: no RECEIPT; the client retries with its clientMessageId.
             raise self.conn.refuse(
                 frame, "message not stored: try again", CloseCode.TRY_AGAIN_LATER
             ) from None
-        if receipt:
-            self._reply_receipt(frame)
+
+    def _draft(self, frame: Frame) -> tuple[MessageDraft, UserHeaders]:
+        if frame.get("destination") != SEND_DESTINATION:
+            raise self.conn.refuse(frame, "Unknown destination")
+        draft = load(self._message_schema, self._json_body(frame))
+        return draft, self._user_headers(frame)
+
+    def _require_user(self) -> UserId:
+        user = self.user
+        assert user is not None  # the connection admits SEND only after CONNECT
+        return user
 
     def _json_body(self, frame: Frame) -> object:
         content_type = (frame.get("content-type") or "application/json").split(";")[0].strip()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import case, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from chat_server.errors import ChatError, NotAMember, RoomNotFound
+from chat_server.errors import ChatError, NotAMember, NotStored, RoomNotFound
 from chat_server.models import ChatMessage, MessageId, NewMessage, PostResult, RoomId, UserId
 from chat_server.store.rows import encode_headers, to_message
 from chat_server.store.schema import db_now_ms, messages, room_members, rooms
@@ -81,11 +81,13 @@ async def _plan(
     stored = await _stored_retries(conn, batch, existing)
     first_in_batch: set[RetryKey] = set()
     for index, message in enumerate(batch):
-        room, cmid = message.room_id, message.client_message_id
-        if room not in existing:
-            plan.outcomes[index] = RoomNotFound("room not found", {"roomId": room})
-        elif (room, message.sender_id) not in members:
-            plan.outcomes[index] = NotAMember("not a member of this room", {"roomId": room})
+        room, cmid, chain = message.room_id, message.client_message_id, message.chain
+        if chain is not None and chain.broken:
+            plan.outcomes[index] = NotStored("an earlier SEND on this connection failed")
+        elif (refusal := _refusal(message, existing, members)) is not None:
+            plan.outcomes[index] = refusal
+            if chain is not None and chain.stop_on_refusal:
+                chain.broken = True
         elif cmid is None:
             plan.fresh[room].append(index)
         elif (key := (room, message.sender_id, cmid)) in stored:
@@ -96,6 +98,16 @@ async def _plan(
             first_in_batch.add(key)
             plan.fresh[room].append(index)
     return plan
+
+
+def _refusal(
+    message: NewMessage, existing: set[RoomId], members: set[tuple[RoomId, UserId]]
+) -> ChatError | None:
+    if message.room_id not in existing:
+        return RoomNotFound("room not found", {"roomId": message.room_id})
+    if (message.room_id, message.sender_id) not in members:
+        return NotAMember("not a member of this room", {"roomId": message.room_id})
+    return None
 
 
 async def _stored_retries(

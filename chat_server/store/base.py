@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Collection, Sequence
 from typing import Protocol
 
 from chat_server.models import ChatMessage, NewMessage, PostResult, Room, RoomId, UserId
@@ -41,8 +41,11 @@ class MessageStore(Protocol):
         """True if the user was a member."""
         ...
 
-    async def append_message(self, message: NewMessage) -> PostResult:
+    def append_message(self, message: NewMessage) -> Awaitable[PostResult]:
         """Store a message, numbering it with the room's next `seq` in the same transaction.
+
+        Queued at the call, so one caller's messages are stored in call order; the awaitable
+        is done only after the transaction committed (or failed).
 
         A retried `client_message_id` (same room and sender) returns the stored row with
         `created=False` and uses no `seq`. `RoomNotFound` / `NotAMember` refuse it.

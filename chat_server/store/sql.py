@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Final
 
@@ -210,6 +210,8 @@ class SqlStore:
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if self._is_sqlite else None
         self._appends: list[tuple[NewMessage, asyncio.Future[PostResult]]] = []
         self._appender: asyncio.Task[None] | None = None
+        #: Told the size of each batch of appends committed together (a metrics hook).
+        self.observe_batch: Callable[[int], None] = lambda _size: None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -401,14 +403,14 @@ class SqlStore:
 
     # --- messages ----------------------------------------------------------------------------
 
-    async def append_message(self, message: NewMessage) -> PostResult:
-        """Queued for the next group commit; returns (or raises) once that commit is done."""
+    def append_message(self, message: NewMessage) -> asyncio.Future[PostResult]:
+        """Queued now for the next group commit; the future is done once that commit is."""
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[PostResult] = loop.create_future()
         self._appends.append((message, answer))
         if self._appender is None or self._appender.done():
             self._appender = loop.create_task(self._append_queued())
-        return await answer
+        return answer
 
     async def _append_queued(self) -> None:
         """Commit what queued up, in order, while the previous commit ran: one transaction
@@ -416,10 +418,13 @@ class SqlStore:
         while self._appends:
             batch = self._appends[:MAX_APPEND_BATCH]
             del self._appends[:MAX_APPEND_BATCH]
+            self.observe_batch(len(batch))
             try:
                 outcomes = await self._commit_batch([message for message, _ in batch])
             except BaseException as exc:
-                for _, answer in batch:
+                for message, answer in batch:
+                    if message.chain is not None:
+                        message.chain.broken = True  # outcome unknown: store nothing after it
                     if not answer.done():
                         answer.set_exception(exc)
                 if isinstance(exc, asyncio.CancelledError):

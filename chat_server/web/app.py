@@ -51,6 +51,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     )
     broker = build_broker(settings)
     metrics = Metrics()
+    store.observe_batch = metrics.append_batch_size.observe
     fanout = Fanout(
         broker,
         store,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import replace
 
 import jwt
@@ -13,7 +14,7 @@ from aiohttp import web
 
 from chat_server.chat import ChatService
 from chat_server.errors import StoreUnavailable
-from chat_server.models import MessageDraft, PostResult, RoomId, UserHeaders, UserId
+from chat_server.models import MessageDraft, PostResult, RoomId, SendChain, UserHeaders, UserId
 from chat_server.web.services import Services
 from tests.conftest import SECRET
 from tests.hardening.conftest import ServerFactory, connect_bytes, expect_fatal, frame, send_body
@@ -76,6 +77,15 @@ class ExplodingChat(ChatService):
         self, sender: UserId, draft: MessageDraft, headers: UserHeaders = ()
     ) -> PostResult:
         raise self.failure(SECRET_DETAIL)
+
+    def submit(
+        self,
+        sender: UserId,
+        draft: MessageDraft,
+        headers: UserHeaders = (),
+        chain: SendChain | None = None,
+    ) -> Awaitable[PostResult]:
+        return self.post(sender, draft, headers)
 
 
 def exploding(failure: type[Exception]) -> object:

@@ -4,12 +4,15 @@ gets exactly its own answer."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 import pytest
 
-from chat_server.errors import NotAMember, RoomNotFound
-from chat_server.models import NewMessage, PostResult, Room, RoomId, UserId
+from chat_server.errors import NotAMember, NotStored, RoomNotFound, StoreUnavailable
+from chat_server.models import NewMessage, PostResult, Room, RoomId, SendChain, UserId
 from chat_server.store.sql import SqlStore
+from chat_server.store.urls import sqlite_path
+from tests.store.conftest import StoreOpener
 
 ALICE, BOB, MALLORY = UserId("alice"), UserId("bob"), UserId("mallory")
 
@@ -58,3 +61,52 @@ async def test_retries_in_one_batch_get_the_original_row(
     # The same id from another sender is another message.
     other = await store.append_message(NewMessage(room.id, BOB, "twice", client_message_id="c-1"))
     assert other.created and other.message.seq == 2
+
+
+async def test_a_chain_stops_at_its_first_refusal_in_this_batch_and_later_ones(
+    store: SqlStore, room: Room
+) -> None:
+    chain = SendChain()
+    tolerant = SendChain(stop_on_refusal=False)
+    first_batch = [
+        store.append_message(NewMessage(room.id, ALICE, "kept", chain=chain)),
+        store.append_message(NewMessage(RoomId(999_999), ALICE, "refused", chain=chain)),
+        store.append_message(NewMessage(room.id, ALICE, "behind it", chain=chain)),
+        store.append_message(NewMessage(room.id, BOB, "another connection")),
+        store.append_message(NewMessage(RoomId(999_999), BOB, "refused too", chain=tolerant)),
+        store.append_message(NewMessage(room.id, BOB, "after a tolerated refusal",
+                                        chain=tolerant)),
+    ]
+    outcomes = await asyncio.gather(*first_batch, return_exceptions=True)
+    assert isinstance(outcomes[1], RoomNotFound) and isinstance(outcomes[4], RoomNotFound)
+    assert isinstance(outcomes[2], NotStored)
+    assert chain.broken and not tolerant.broken
+    later = store.append_message(NewMessage(room.id, ALICE, "a later batch", chain=chain))
+    with pytest.raises(NotStored):
+        await later
+    stored = [m.content for m in await store.messages(room.id, after=0)]
+    assert stored == ["kept", "another connection", "after a tolerated refusal"]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_failed_batch_breaks_its_chains(
+    room: Room, database_url: str, open_another: StoreOpener
+) -> None:
+    impatient = await open_another(busy_timeout_ms=100)
+    path = sqlite_path(database_url)
+    assert path is not None
+    chain = SendChain()
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StoreUnavailable):
+            await impatient.append_message(NewMessage(room.id, ALICE, "locked out", chain=chain))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert chain.broken  # its outcome is unknown to the sender: nothing after it is stored
+    with pytest.raises(NotStored):
+        await impatient.append_message(NewMessage(room.id, ALICE, "behind it", chain=chain))
+    fresh = await impatient.append_message(NewMessage(room.id, ALICE, "a new chain",
+                                                      chain=SendChain()))
+    assert fresh.message.seq == 1

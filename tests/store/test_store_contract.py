@@ -456,7 +456,7 @@ async def test_writer_waits_for_a_short_lock_instead_of_failing(
     holder = sqlite3.connect(path, isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")
-        pending = asyncio.create_task(store.append_message(text(room, BOB, "patient")))
+        pending = store.append_message(text(room, BOB, "patient"))
         await asyncio.sleep(0.3)
         assert not pending.done()
         holder.execute("COMMIT")
