@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import case, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from chat_server.errors import ChatError, NotAMember, NotStored, RoomNotFound
 from chat_server.models import ChatMessage, MessageId, NewMessage, PostResult, RoomId, UserId
@@ -35,8 +35,11 @@ class _Plan:
     echoes: list[tuple[int, RetryKey]] = field(default_factory=list)
 
 
-async def append_batch(conn: AsyncConnection, batch: Sequence[NewMessage]) -> list[Outcome]:
+def append_batch(conn: Connection, batch: Sequence[NewMessage]) -> list[Outcome]:
     """Number and insert `batch` inside the caller's transaction; outcomes in batch order.
+
+    Synchronous, so that a transaction can run whole in a database thread (SQLite) or through
+    `AsyncConnection.run_sync` (PostgreSQL).
 
     The batch's rooms are locked first, in ascending id (row locks on PostgreSQL; SQLite's
     write lock is already held), so two workers' batches never deadlock, and retried
@@ -44,15 +47,15 @@ async def append_batch(conn: AsyncConnection, batch: Sequence[NewMessage]) -> li
     """
     room_ids = sorted({message.room_id for message in batch})
     existing = set(
-        await conn.scalars(
+        conn.scalars(
             select(rooms.c.id)
             .where(rooms.c.id.in_(room_ids))
             .order_by(rooms.c.id)
             .with_for_update()
         )
     )
-    plan = await _plan(conn, batch, existing)
-    inserted = await _insert(conn, batch, plan.fresh) if plan.fresh else {}
+    plan = _plan(conn, batch, existing)
+    inserted = _insert(conn, batch, plan.fresh) if plan.fresh else {}
     by_key: dict[RetryKey, ChatMessage] = {}
     for index, message in inserted.items():
         plan.outcomes[index] = PostResult(message, created=True)
@@ -65,20 +68,20 @@ async def append_batch(conn: AsyncConnection, batch: Sequence[NewMessage]) -> li
     return answers
 
 
-async def _plan(
-    conn: AsyncConnection, batch: Sequence[NewMessage], existing: set[RoomId]
+def _plan(
+    conn: Connection, batch: Sequence[NewMessage], existing: set[RoomId]
 ) -> _Plan:
     plan = _Plan([None] * len(batch))
     members = {
         (RoomId(row.room_id), UserId(row.user_id))
-        for row in await conn.execute(
+        for row in conn.execute(
             select(room_members.c.room_id, room_members.c.user_id).where(
                 room_members.c.room_id.in_(existing),
                 room_members.c.user_id.in_({message.sender_id for message in batch}),
             )
         )
     }
-    stored = await _stored_retries(conn, batch, existing)
+    stored = _stored_retries(conn, batch, existing)
     first_in_batch: set[RetryKey] = set()
     for index, message in enumerate(batch):
         room, cmid, chain = message.room_id, message.client_message_id, message.chain
@@ -110,13 +113,13 @@ def _refusal(
     return None
 
 
-async def _stored_retries(
-    conn: AsyncConnection, batch: Sequence[NewMessage], existing: set[RoomId]
+def _stored_retries(
+    conn: Connection, batch: Sequence[NewMessage], existing: set[RoomId]
 ) -> dict[RetryKey, ChatMessage]:
     wanted = {m.client_message_id for m in batch if m.client_message_id is not None}
     if not wanted:
         return {}
-    rows = await conn.execute(
+    rows = conn.execute(
         select(messages).where(
             messages.c.room_id.in_(existing), messages.c.client_message_id.in_(wanted)
         )
@@ -129,12 +132,12 @@ async def _stored_retries(
     return found
 
 
-async def _insert(
-    conn: AsyncConnection, batch: Sequence[NewMessage], fresh: dict[RoomId, list[int]]
+def _insert(
+    conn: Connection, batch: Sequence[NewMessage], fresh: dict[RoomId, list[int]]
 ) -> dict[int, ChatMessage]:
     """Take each room's seqs in one UPDATE (a rollback returns them: no holes), then insert."""
     counts = {room: len(indexes) for room, indexes in fresh.items()}
-    numbered = await conn.execute(
+    numbered = conn.execute(
         update(rooms)
         .where(rooms.c.id.in_(counts))
         .values(
@@ -163,7 +166,7 @@ async def _insert(
         for index, seq, created_at_ms in planned
     ]
     ids = (
-        await conn.execute(
+        conn.execute(
             insert(messages).returning(messages.c.id, sort_by_parameter_order=True), rows
         )
     ).scalars().all()

@@ -13,14 +13,12 @@ from sqlalchemy import (
     Row,
     Text,
     delete,
-    event,
     insert,
     literal,
     select,
 )
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -37,11 +35,8 @@ from chat_server.models import (
 from chat_server.store.appends import Outcome, append_batch
 from chat_server.store.rows import to_message
 from chat_server.store.schema import db_now_ms, messages, room_members, rooms
+from chat_server.store.sqlite import SQLITE_BEGIN_OPTION, SqliteWriter, install_sqlite_hooks
 from chat_server.store.urls import engine_url, sqlite_path
-
-#: Execution option naming the `BEGIN` flavour our SQLite `begin` hook emits.
-SQLITE_BEGIN_OPTION: Final = "chat_server_sqlite_begin"
-_SQLITE_BEGIN_MODES: Final = frozenset({"DEFERRED", "IMMEDIATE"})
 
 #: Messages committed in one transaction at most (group commit under load).
 MAX_APPEND_BATCH: Final = 256
@@ -69,58 +64,6 @@ def unavailable_on_failure() -> Iterator[None]:
     except _DATABASE_FAILURES as exc:
         # The message names the kind only: driver text may carry SQL and parameters.
         raise StoreUnavailable(f"database unavailable ({type(exc).__name__})") from exc
-
-
-def _use_wal(cursor: Any, attempts: int = 5) -> None:
-    """Put the database file in WAL mode: readers never block the writer nor wait for it.
-
-    The mode is persistent, so normally this only reads it. Switching needs an exclusive lock
-    and fails at once, without the busy handler, while another connection (another worker
-    starting at the same moment) is switching too; then wait for that one and look again.
-    """
-    for _ in range(attempts):
-        cursor.execute("PRAGMA journal_mode")
-        if cursor.fetchone()[0] == "wal":
-            return
-        try:
-            cursor.execute("PRAGMA journal_mode = WAL")
-        except sqlite3.OperationalError:
-            # BEGIN IMMEDIATE does honour busy_timeout: it returns once the other is done.
-            cursor.execute("BEGIN IMMEDIATE")
-            cursor.execute("ROLLBACK")
-            continue
-        if cursor.fetchone()[0] == "wal":
-            return
-    raise sqlite3.OperationalError("could not switch the database to WAL mode")
-
-
-def _install_sqlite_hooks(engine: AsyncEngine, busy_timeout_ms: int, foreign_keys: bool) -> None:
-    def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Take BEGIN away from the driver: it would start transactions lazily, before DML only,
-        # and always DEFERRED. The `begin` hook below emits the right one instead.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        try:
-            # busy_timeout first: switching to WAL may itself have to wait for a lock.
-            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            _use_wal(cursor)
-            # FULL: the WAL is synced at every commit, so a receipted message survives power loss.
-            cursor.execute("PRAGMA synchronous = FULL")
-            cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
-        finally:
-            cursor.close()
-
-    def on_begin(conn: Connection) -> None:
-        # IMMEDIATE takes the write lock up front, waiting up to busy_timeout for it, so a
-        # read-then-write transaction can never fail half-way with SQLITE_BUSY(_SNAPSHOT).
-        # Reads stay DEFERRED and never take the write lock.
-        mode = conn.get_execution_options().get(SQLITE_BEGIN_OPTION, "DEFERRED")
-        if mode not in _SQLITE_BEGIN_MODES:
-            raise ValueError(f"unknown SQLite BEGIN mode {mode!r}")
-        conn.exec_driver_sql(f"BEGIN {mode}")
-
-    event.listen(engine.sync_engine, "connect", on_connect)
-    event.listen(engine.sync_engine, "begin", on_begin)
 
 
 def build_engine(
@@ -161,7 +104,7 @@ def build_engine(
         pool_timeout=acquire_timeout_s,
         connect_args={"timeout": busy_timeout_ms / 1000},
     )
-    _install_sqlite_hooks(engine, busy_timeout_ms, foreign_keys)
+    install_sqlite_hooks(engine.sync_engine, busy_timeout_ms, foreign_keys)
     return engine
 
 
@@ -201,8 +144,10 @@ def _room_not_found(room_id: RoomId) -> RoomNotFound:
 class SqlStore:
     """Rooms, members and numbered messages in SQLite or PostgreSQL."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, sqlite_writer: SqliteWriter | None = None) -> None:
         self._engine = engine
+        #: SQLite: appends commit in a thread of their own, one trip per batch.
+        self._sqlite_writer = sqlite_writer
         self._writer = for_writes(engine)
         self._is_sqlite = engine.dialect.name == "sqlite"
         # SQLite has one writer at a time anyway: queueing this process's writers here spares
@@ -442,8 +387,12 @@ class SqlStore:
         # Rooms are locked before clientMessageIds are looked up (appends.py), so no unique
         # violation can race us; any failure here leaves the batch unstored and unreceipted.
         with unavailable_on_failure():
+            if self._sqlite_writer is not None:
+                assert self._write_lock is not None
+                async with self._write_lock:
+                    return await self._sqlite_writer.run(append_batch, batch)
             async with self._writing() as conn:
-                return await append_batch(conn, batch)
+                return await conn.run_sync(append_batch, batch)
 
     async def messages(
         self,
@@ -497,6 +446,8 @@ class SqlStore:
     async def close(self) -> None:
         if self._appender is not None and not self._appender.done():
             await self._appender  # answer every queued SEND before the pool goes
+        if self._sqlite_writer is not None:
+            await self._sqlite_writer.close()
         await self._engine.dispose()
 
 
@@ -518,11 +469,12 @@ async def open_store(
         from chat_server.store.migrate import migrate as apply_migrations
 
         await apply_migrations(database_url, busy_timeout_ms=busy_timeout_ms)
-    return SqlStore(
-        build_engine(
-            database_url,
-            pool_size=pool_size,
-            busy_timeout_ms=busy_timeout_ms,
-            acquire_timeout_s=acquire_timeout_s,
-        )
+    engine = build_engine(
+        database_url,
+        pool_size=pool_size,
+        busy_timeout_ms=busy_timeout_ms,
+        acquire_timeout_s=acquire_timeout_s,
     )
+    path = sqlite_path(database_url)
+    writer = None if path is None else SqliteWriter(str(path), busy_timeout_ms)
+    return SqlStore(engine, writer)

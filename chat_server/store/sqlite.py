@@ -1,0 +1,108 @@
+"""SQLite specifics: each connection's settings, and the thread that commits appends.
+
+Through aiosqlite every statement is a round trip between the event loop and aiosqlite's
+thread, and under load each trip waits for the loop to come round: a batch of appends spent
+more time waiting than working. `SqliteWriter` runs a whole transaction in its own thread, on
+a plain sqlite3 connection, and answers once: one trip per batch, however many statements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final, TypeVar
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import Connection
+
+#: Execution option naming the `BEGIN` flavour our SQLite `begin` hook emits.
+SQLITE_BEGIN_OPTION: Final = "chat_server_sqlite_begin"
+_SQLITE_BEGIN_MODES: Final = frozenset({"DEFERRED", "IMMEDIATE"})
+
+Arg = TypeVar("Arg")
+Result = TypeVar("Result")
+
+
+def _use_wal(cursor: Any, attempts: int = 5) -> None:
+    """Put the database file in WAL mode: readers never block the writer nor wait for it.
+
+    The mode is persistent, so normally this only reads it. Switching needs an exclusive lock
+    and fails at once, without the busy handler, while another connection (another worker
+    starting at the same moment) is switching too; then wait for that one and look again.
+    """
+    for _ in range(attempts):
+        cursor.execute("PRAGMA journal_mode")
+        if cursor.fetchone()[0] == "wal":
+            return
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError:
+            # BEGIN IMMEDIATE does honour busy_timeout: it returns once the other is done.
+            cursor.execute("BEGIN IMMEDIATE")
+            cursor.execute("ROLLBACK")
+            continue
+        if cursor.fetchone()[0] == "wal":
+            return
+    raise sqlite3.OperationalError("could not switch the database to WAL mode")
+
+
+def install_sqlite_hooks(engine: Engine, busy_timeout_ms: int, foreign_keys: bool) -> None:
+    """Our settings on every new connection of `engine`, and the `BEGIN` our transactions need."""
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take BEGIN away from the driver: it would start transactions lazily, before DML only,
+        # and always DEFERRED. The `begin` hook below emits the right one instead.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            # busy_timeout first: switching to WAL may itself have to wait for a lock.
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            _use_wal(cursor)
+            # FULL: the WAL is synced at every commit, so a receipted message survives power loss.
+            cursor.execute("PRAGMA synchronous = FULL")
+            cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
+        finally:
+            cursor.close()
+
+    def on_begin(conn: Connection) -> None:
+        # IMMEDIATE takes the write lock up front, waiting up to busy_timeout for it, so a
+        # read-then-write transaction can never fail half-way with SQLITE_BUSY(_SNAPSHOT).
+        # Reads stay DEFERRED and never take the write lock.
+        mode = conn.get_execution_options().get(SQLITE_BEGIN_OPTION, "DEFERRED")
+        if mode not in _SQLITE_BEGIN_MODES:
+            raise ValueError(f"unknown SQLite BEGIN mode {mode!r}")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    event.listen(engine, "connect", on_connect)
+    event.listen(engine, "begin", on_begin)
+
+
+class SqliteWriter:
+    """Write transactions of one SQLite file, each run whole in one dedicated thread."""
+
+    def __init__(self, path: str, busy_timeout_ms: int) -> None:
+        engine = create_engine(
+            f"sqlite:///{path}",
+            pool_size=1,
+            max_overflow=0,
+            # Made, used and closed in the writer thread only; the flag spares close() a check.
+            connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False},
+        )
+        install_sqlite_hooks(engine, busy_timeout_ms, foreign_keys=True)
+        self._engine = engine.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-sqlite-writer")
+
+    async def run(self, work: Callable[[Connection, Arg], Result], arg: Arg) -> Result:
+        """`work(connection, arg)` inside one `BEGIN IMMEDIATE` transaction, committed after."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._transaction, work, arg)
+
+    def _transaction(self, work: Callable[[Connection, Arg], Result], arg: Arg) -> Result:
+        with self._engine.begin() as conn:
+            return work(conn, arg)
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, self._engine.dispose)
+        self._thread.shutdown(wait=True)
