@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Sequence
 
 from chat_server.auth import TokenAuthority, load_or_create_secret, valid_user_id
 from chat_server.config import Settings
-from chat_server.logs import configure_logging
+from chat_server.logs import configure_logging_from_env
 from chat_server.store.urls import sqlite_path
 
 
@@ -47,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"chat-server: {exc}", file=sys.stderr)
         return 2
-    configure_logging(os.environ.get("LOG_FORMAT", "plain"), os.environ.get("LOG_LEVEL", "INFO"))
+    configure_logging_from_env()
     if args.command == "serve":
         return _serve(settings)
     if args.command == "token":
@@ -58,10 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(settings: Settings) -> int:
     from aiohttp import web
 
+    from chat_server.gctune import tune_gc_on_startup
     from chat_server.web.app import create_app
 
+    app = create_app(settings)
+    app.on_startup.append(tune_gc_on_startup)
     web.run_app(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         loop=_new_event_loop(),

@@ -65,6 +65,9 @@ class Settings:
     redis_ping_interval_s: float = 2.0
     redis_timeout_s: float = 2.0
     shutdown_grace_s: float = 10.0
+    #: Objects the youngest GC generation may hold in `serve` and gunicorn workers (gctune.py);
+    #: 0 leaves Python's collector untouched.
+    gc_gen0_threshold: int = 10000
 
     def __post_init__(self) -> None:
         for spec in fields(self):

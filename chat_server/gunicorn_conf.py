@@ -36,3 +36,13 @@ def child_exit(_server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def post_worker_init(worker: Any) -> None:
+    """In each worker, once the app is loaded and before it starts: the application's log
+    format and level (gunicorn's own loggers keep theirs), and GC tuning (gctune.py)."""
+    from chat_server.gctune import tune_gc_on_startup
+    from chat_server.logs import configure_logging_from_env
+
+    configure_logging_from_env()
+    worker.wsgi.on_startup.append(tune_gc_on_startup)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from typing import Any
 
@@ -55,3 +56,8 @@ def configure_logging(log_format: str = "plain", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def configure_logging_from_env() -> None:
+    """LOG_FORMAT (plain or json) and LOG_LEVEL (INFO), for `serve` and gunicorn workers alike."""
+    configure_logging(os.environ.get("LOG_FORMAT", "plain"), os.environ.get("LOG_LEVEL", "INFO"))

@@ -52,6 +52,7 @@ def server(tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
         process.terminate()
         output, _ = process.communicate(timeout=20)
         assert process.returncode == 0, output
+        assert "garbage collector tuned" in output  # gctune.py, in server processes only
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[str]) -> None:

@@ -246,6 +246,8 @@ async def test_gunicorn_procfile_command_two_workers_chat_and_sigterm(
         for client in (alice, bob):
             await client.wait_dropped(TIMEOUT_S)
         assert code == 0, server.output()
+        # gunicorn_conf.post_worker_init tuned each worker's garbage collector (gctune.py).
+        assert server.output().count("garbage collector tuned") == 2, server.output()
         close_codes = [code for client in (alice, bob) for code in client.close_codes]
         print(f"\n{tally.summary('gunicorn, 2 workers')}; SIGTERM: exit {code} after "
               f"{exit_s:.2f} s, clients closed with {close_codes}")
