@@ -11,13 +11,39 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import case, insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
 from chat_server.errors import ChatError, NotAMember, NotStored, RoomNotFound
 from chat_server.models import ChatMessage, MessageId, NewMessage, PostResult, RoomId, UserId
 from chat_server.store.rows import encode_headers, to_message
 from chat_server.store.schema import db_now_ms, messages, room_members, rooms
+
+# Built once: executing a prebuilt statement skips building it and computing its cache key,
+# which cost more than the database's own work for a small batch.
+_LOCK_ROOMS = (
+    select(rooms.c.id)
+    .where(rooms.c.id.in_(bindparam("room_ids", expanding=True)))
+    .order_by(rooms.c.id)
+    .with_for_update()
+)
+_MEMBERS = select(room_members.c.room_id, room_members.c.user_id).where(
+    room_members.c.room_id.in_(bindparam("room_ids", expanding=True)),
+    room_members.c.user_id.in_(bindparam("user_ids", expanding=True)),
+)
+_RETRIES = select(messages).where(
+    messages.c.room_id.in_(bindparam("room_ids", expanding=True)),
+    messages.c.client_message_id.in_(bindparam("cmids", expanding=True)),
+)
+_TAKE_SEQS = (
+    update(rooms)
+    .where(rooms.c.id == bindparam("b_room"))
+    .values(last_seq=rooms.c.last_seq + bindparam("b_count"), last_activity_ms=db_now_ms())
+)
+_POSITIONS = select(rooms.c.id, rooms.c.last_seq, rooms.c.last_activity_ms).where(
+    rooms.c.id.in_(bindparam("room_ids", expanding=True))
+)
+_INSERT = insert(messages).returning(messages.c.id, sort_by_parameter_order=True)
 
 #: What one queued append turns into: its result, or the refusal to raise to its sender.
 Outcome = PostResult | ChatError
@@ -46,14 +72,7 @@ def append_batch(conn: Connection, batch: Sequence[NewMessage]) -> list[Outcome]
     `client_message_id`s are looked up under those locks: no unique violation is left to race.
     """
     room_ids = sorted({message.room_id for message in batch})
-    existing = set(
-        conn.scalars(
-            select(rooms.c.id)
-            .where(rooms.c.id.in_(room_ids))
-            .order_by(rooms.c.id)
-            .with_for_update()
-        )
-    )
+    existing = set(conn.scalars(_LOCK_ROOMS, {"room_ids": room_ids}))
     plan = _plan(conn, batch, existing)
     inserted = _insert(conn, batch, plan.fresh) if plan.fresh else {}
     by_key: dict[RetryKey, ChatMessage] = {}
@@ -75,10 +94,8 @@ def _plan(
     members = {
         (RoomId(row.room_id), UserId(row.user_id))
         for row in conn.execute(
-            select(room_members.c.room_id, room_members.c.user_id).where(
-                room_members.c.room_id.in_(existing),
-                room_members.c.user_id.in_({message.sender_id for message in batch}),
-            )
+            _MEMBERS,
+            {"room_ids": list(existing), "user_ids": list({m.sender_id for m in batch})},
         )
     }
     stored = _stored_retries(conn, batch, existing)
@@ -119,11 +136,7 @@ def _stored_retries(
     wanted = {m.client_message_id for m in batch if m.client_message_id is not None}
     if not wanted:
         return {}
-    rows = conn.execute(
-        select(messages).where(
-            messages.c.room_id.in_(existing), messages.c.client_message_id.in_(wanted)
-        )
-    )
+    rows = conn.execute(_RETRIES, {"room_ids": list(existing), "cmids": list(wanted)})
     found: dict[RetryKey, ChatMessage] = {}
     for row in rows:
         message = to_message(row)
@@ -135,18 +148,10 @@ def _stored_retries(
 def _insert(
     conn: Connection, batch: Sequence[NewMessage], fresh: dict[RoomId, list[int]]
 ) -> dict[int, ChatMessage]:
-    """Take each room's seqs in one UPDATE (a rollback returns them: no holes), then insert."""
-    counts = {room: len(indexes) for room, indexes in fresh.items()}
-    numbered = conn.execute(
-        update(rooms)
-        .where(rooms.c.id.in_(counts))
-        .values(
-            last_seq=rooms.c.last_seq + case(counts, value=rooms.c.id, else_=0),
-            last_activity_ms=db_now_ms(),
-        )
-        .returning(rooms.c.id, rooms.c.last_seq, rooms.c.last_activity_ms)
-    )
-    # The database's clock, read once: every message of the batch carries that time.
+    """Take each room's seqs (a rollback returns them: no holes), then insert."""
+    conn.execute(_TAKE_SEQS, [{"b_room": room, "b_count": len(ids)} for room, ids in fresh.items()])
+    # The database's clock, read as it numbered each room: its messages carry that time.
+    numbered = conn.execute(_POSITIONS, {"room_ids": list(fresh)})
     position = {RoomId(row.id): (row.last_seq, row.last_activity_ms) for row in numbered}
     planned: list[tuple[int, int, int]] = []  # (batch index, seq, created_at_ms)
     for room, indexes in fresh.items():
@@ -165,11 +170,7 @@ def _insert(
         }
         for index, seq, created_at_ms in planned
     ]
-    ids = (
-        conn.execute(
-            insert(messages).returning(messages.c.id, sort_by_parameter_order=True), rows
-        )
-    ).scalars().all()
+    ids = conn.execute(_INSERT, rows).scalars().all()
     return {
         index: ChatMessage(
             id=MessageId(int(message_id)),
