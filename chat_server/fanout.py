@@ -73,17 +73,20 @@ class _Feed:
     #: Last seq delivered to the taps; None until read from the store after subscribing.
     last_seq: int | None = None
     held: dict[int, ChatMessage] = field(default_factory=dict)
-    #: Done once `last_seq` is known (or the feed closed); a future, lighter than an Event.
-    ready: asyncio.Future[None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
+    #: True until `last_seq` is known (or opening failed, or the feed closed).
+    opening: bool = True
+    #: What subscribers arriving while it opens wait for; made only for them, then dropped.
+    ready: asyncio.Future[None] | None = None
     gap_timer: asyncio.TimerHandle | None = None
     filling: bool = False
 
 
-def _settle(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+def _opened(feed: _Feed) -> None:
+    """Opening ended, well or not: release whoever waits for it."""
+    feed.opening = False
+    if feed.ready is not None and not feed.ready.done():
+        feed.ready.set_result(None)
+    feed.ready = None
 
 
 class Fanout:
@@ -122,7 +125,10 @@ class Fanout:
             await self._open(feed)
         else:
             feed.taps.append(tap)
-            await asyncio.shield(feed.ready)  # one waiter's cancellation is not the others'
+            if feed.opening:
+                if feed.ready is None:
+                    feed.ready = asyncio.get_running_loop().create_future()
+                await asyncio.shield(feed.ready)  # one waiter's cancellation is not the others'
             if feed.last_seq is None:  # the first subscriber's attempt to open it failed
                 self.detach(tap)
                 raise StoreUnavailable(f"room {tap.room_id} could not be opened")
@@ -144,7 +150,7 @@ class Fanout:
             del self._feeds[tap.room_id]
             if feed.gap_timer is not None:
                 feed.gap_timer.cancel()
-            _settle(feed.ready)  # nobody waits on a closed feed
+            _opened(feed)  # nobody waits on a closed feed
             self._spawn(self._broker.unsubscribe(room_topic(tap.room_id)))
 
     async def _open(self, feed: _Feed) -> None:
@@ -155,9 +161,9 @@ class Fanout:
             feed.last_seq = await self._store.last_seq(feed.room_id)
         except BaseException:
             self._feeds.pop(feed.room_id, None)
-            _settle(feed.ready)
+            _opened(feed)
             raise
-        _settle(feed.ready)
+        _opened(feed)
         self._advance(feed)
 
     async def _replay(self, feed: _Feed, tap: Tap) -> None:

@@ -65,37 +65,40 @@ _HTTP_CODES = {
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure leaves as a JSON error body with the right status; never a traceback."""
-    response = await _answer(request, handler)
+    """Every failure leaves as a JSON error body with the right status; never a traceback.
+
+    One coroutine, not two: it stays on the stack of every open WebSocket.
+    """
+    try:
+        response = await handler(request)
+    except Exception as exc:
+        response = _error_response(request, exc)
     if response.status >= 400 and (services := request.app.get(SERVICES)) is not None:
         services.metrics.errors.labels("rest", str(response.status)).inc()
     return response
 
 
-async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except RateLimited as refusal:
-        response = json_error(refusal.status, refusal.code, refusal.message)
-        response.headers["Retry-After"] = str(max(1, math.ceil(refusal.retry_after_s)))
+def _error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
+    if isinstance(exc, RateLimited):
+        response = json_error(exc.status, exc.code, exc.message)
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
         return response
-    except ChatError as refusal:
-        return json_error(refusal.status, refusal.code, refusal.message, refusal.details)
-    except StoreUnavailable:
+    if isinstance(exc, ChatError):
+        return json_error(exc.status, exc.code, exc.message, exc.details)
+    if isinstance(exc, StoreUnavailable):
         response = json_error(503, "unavailable", "the database is unavailable; retry shortly")
         response.headers["Retry-After"] = RETRY_AFTER_S
         return response
-    except web.HTTPException as http:
-        if http.status < 400:
-            raise
-        code = _HTTP_CODES.get(http.status, "http_error")
-        response = json_error(http.status, code, http.reason)
-        if http.status == 405:
-            response.headers["Allow"] = http.headers.get("Allow", "")
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            raise exc
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        response = json_error(exc.status, code, exc.reason)
+        if exc.status == 405:
+            response.headers["Allow"] = exc.headers.get("Allow", "")
         return response
-    except Exception:
-        log.exception("internal error on %s %s", request.method, request.path)
-        return json_error(500, "internal_error", "internal error")
+    log.error("internal error on %s %s", request.method, request.path, exc_info=exc)
+    return json_error(500, "internal_error", "internal error")
 
 
 class Unauthorized(ChatError):

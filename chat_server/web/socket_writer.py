@@ -79,25 +79,31 @@ class SocketWriter:
         self._heartbeat_s = 0.0
         self._heartbeats_decided = False
         self._last_write = self._loop.time()
-        self._done: asyncio.Future[None] = self._loop.create_future()
+        self._finished = False
+        #: Made only when someone waits for the end (a future per idle connection adds up).
+        self._done: asyncio.Future[None] | None = None
         self._outbox.on_ready = self._schedule_flush
         if self._outbox.pending or self._outbox.closed:
             self._schedule_flush()
 
     async def finished(self) -> None:
         """Until everything is written and the socket closed (or found gone)."""
+        if self._finished:
+            return
+        if self._done is None:
+            self._done = self._loop.create_future()
         await asyncio.shield(self._done)
 
     # --- the fast path: called from the event loop, never waits -------------------------------
 
     def _schedule_flush(self) -> None:
-        if not self._flush_scheduled and self._task is None and not self._done.done():
+        if not self._flush_scheduled and self._task is None and not self._finished:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._task is not None or self._done.done():
+        if self._task is not None or self._finished:
             return
         outbox = self._outbox
         try:
@@ -219,9 +225,11 @@ class SocketWriter:
         self._outbox.discard()
 
     def _finish(self) -> None:
-        if self._done.done():
+        if self._finished:
             return
-        self._done.set_result(None)
+        self._finished = True
+        if self._done is not None:
+            self._done.set_result(None)
         self._outbox.on_ready = _ignore
         if self._heartbeat is not None:
             self._heartbeat.cancel()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from functools import partial
 
 from aiohttp import WSMsgType, web
 
@@ -77,7 +78,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             settings=settings,
             subprotocol=SUBPROTOCOLS[chosen] if chosen else None,
             admit_user=connections.admit_user,
-            auth_failed=lambda: _count_auth_failure(services, ip),
+            # Once the address's bucket is empty, its next upgrades get 429.
+            auth_failed=partial(services.auth_failures.acquire, ip),
             metrics=services.metrics,
         )
         connections.add(session)
@@ -91,10 +93,6 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return ws
     finally:
         connections.release_ip(ip)
-
-
-def _count_auth_failure(services: Services, ip: str) -> None:
-    services.auth_failures.acquire(ip)  # once empty, the address's next upgrades get 429
 
 
 async def _serve(
