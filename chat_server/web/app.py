@@ -21,6 +21,7 @@ from chat_server.ratelimit import RateLimiter
 from chat_server.store.sql import open_store
 from chat_server.store.urls import sqlite_path
 from chat_server.web.demo import setup_demo
+from chat_server.web.keepalive import KeepAlive
 from chat_server.web.rest import api_routes, error_middleware
 from chat_server.web.services import SERVICES, SETTINGS, Connections, Services
 from chat_server.web.websocket import websocket_handler
@@ -61,6 +62,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     )
     await broker.start(fanout)
     fanout.start()
+    keepalive = KeepAlive(settings.ws_ping_s)
+    keepalive.start()
     app[SERVICES] = Services(
         settings=settings,
         store=store,
@@ -74,10 +77,12 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         auth_failures=RateLimiter(
             settings.auth_failures_per_min / 60, settings.auth_failures_per_min
         ),
+        keepalive=keepalive,
     )
     try:
         yield
     finally:
+        keepalive.stop()
         await fanout.close()
         await broker.close()
         await store.close()

@@ -17,6 +17,7 @@ from chat_server.models import UserId
 from chat_server.ratelimit import RateLimiter
 from chat_server.session import Session
 from chat_server.store.base import MessageStore
+from chat_server.web.keepalive import KeepAlive
 
 
 class Cap:
@@ -89,6 +90,8 @@ class Services:
     rest_limiter: RateLimiter
     #: CONNECTs with bad credentials per IP address.
     auth_failures: RateLimiter
+    #: WebSocket pings for every socket of the worker.
+    keepalive: KeepAlive
 
 
 SETTINGS = web.AppKey("settings", Settings)

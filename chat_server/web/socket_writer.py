@@ -35,6 +35,8 @@ _COPY_LIMIT = 16384
 _TIMER_SLACK_S = 0.01
 
 _FIN_TEXT = 0x81
+_PING = b"\x89\x00"  # final, opcode 9, no payload
+_FIN_PONG = 0x8A
 _SHORT = struct.Struct("!BB")
 _MEDIUM = struct.Struct("!BBH")
 _LONG = struct.Struct("!BBQ")
@@ -82,6 +84,8 @@ class SocketWriter:
         self._finished = False
         #: Made only when someone waits for the end (a future per idle connection adds up).
         self._done: asyncio.Future[None] | None = None
+        #: Anything received since the last keep-alive sweep (the reader sets it; keepalive.py).
+        self.heard_from = True
         self._outbox.on_ready = self._schedule_flush
         if self._outbox.pending or self._outbox.closed:
             self._schedule_flush()
@@ -138,6 +142,27 @@ class SocketWriter:
             transport.write(header)
             transport.write(payload)
         self._last_write = self._loop.time()
+
+    # --- WebSocket control frames: straight to the transport, between whole frames --------------
+
+    def ping(self) -> None:
+        self._control(_PING)
+
+    def pong(self, payload: bytes) -> None:
+        """Answer a client's ping (its payload is at most 125 bytes: RFC 6455 §5.5)."""
+        self._control(_SHORT.pack(_FIN_PONG, len(payload)) + payload)
+
+    def cut(self) -> None:
+        """The peer answers nothing, not even pings: drop the connection (the reader then ends)."""
+        log.info("closing: no answer to pings", extra=self._session.log_context)
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _control(self, frame: bytes) -> None:
+        transport = self._transport
+        if self._finished or transport is None or transport.is_closing() or self._ws.closed:
+            return
+        transport.write(frame)
 
     # --- heart-beats: one timer, re-armed from the last write -----------------------------------
 

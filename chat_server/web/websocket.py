@@ -65,7 +65,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         chosen = choose_subprotocol(request.headers.get("Sec-WebSocket-Protocol"))
         ws = web.WebSocketResponse(
             protocols=(chosen,) if chosen else (),
-            heartbeat=settings.ws_ping_s or None,
+            # Pings come from one worker-wide sweep (keepalive.py), answered pings too.
+            autoping=False,
             # aiohttp refuses a message of max_msg_size bytes or more; the limit itself is allowed.
             max_msg_size=settings.max_frame_bytes + 1,
             compress=False,
@@ -100,15 +101,17 @@ async def _serve(
 ) -> None:
     stall = services.settings.send_stall_s or None
     writer = SocketWriter(ws, session, request.transport, request.writer.drain, stall)
+    services.keepalive.add(writer)
     try:
-        await _read(ws, session)
+        await _read(ws, session, writer)
     finally:
+        services.keepalive.discard(writer)
         if session.close_request is None:
             session.outbox.discard()  # the peer went away first: nothing left to say
         await writer.finished()
 
 
-async def _read(ws: web.WebSocketResponse, session: Session) -> None:
+async def _read(ws: web.WebSocketResponse, session: Session, writer: SocketWriter) -> None:
     while session.close_request is None:
         deadline = session.read_deadline()
         timeout = None if deadline is None else deadline - time.monotonic()
@@ -120,9 +123,14 @@ async def _read(ws: web.WebSocketResponse, session: Session) -> None:
         except TimeoutError:
             session.timed_out()
             return
+        writer.heard_from = True
         if message.type is WSMsgType.TEXT:
             await session.receive(message.data.encode("utf-8"))
         elif message.type is WSMsgType.BINARY:
             await session.receive(message.data)
+        elif message.type is WSMsgType.PING:
+            writer.pong(message.data)
+        elif message.type is WSMsgType.PONG:
+            pass  # heard from: that is all a pong says
         else:  # CLOSE, CLOSING, CLOSED, ERROR (aiohttp already answered 1009, 1007, 1002)
             return
