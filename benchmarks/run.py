@@ -441,6 +441,8 @@ def _run_all(bench: Bench, repeat: int) -> tuple[list[Row], list[str], list[str]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # SIGTERM as an exception, so the finally below stops the servers and the RabbitMQ node.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     repeat = args.repeat or (1 if args.quick else 3)
     raise_fd_limit()  # the servers we start inherit it
     root = Path(tempfile.mkdtemp(prefix="chat-bench-"))

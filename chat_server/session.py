@@ -294,6 +294,7 @@ class Session:
             await self._settle_sends()
             if self.close_request is not None:
                 return  # one of those SENDs failed the connection
+            self._chain = None  # nothing in flight: the next SEND starts a chain (errors sub?)
         await self._dispatch(frame)
 
     async def _dispatch(self, frame: Frame) -> None:
@@ -394,7 +395,11 @@ class Session:
         if prepared is None:
             self._reply_receipt(frame)
             return
-        if self._chain is None or self._chain.broken:
+        if self.close_request is not None:
+            return  # an earlier SEND failed while this frame waited (for the frame budget, say)
+        if self._chain is None:
+            # One chain until the next non-SEND frame. Once broken it stays broken: whatever
+            # this connection sends after a failure is dropped, however late it is read.
             self._chain = SendChain(stop_on_refusal=self._errors_sub is None)
         draft, headers = prepared
         stored = self._chat.submit(self._require_user(), draft, headers, self._chain)

@@ -142,3 +142,4 @@ async def test_the_pipeline_limit_pauses_reading_and_loses_nothing(
     assert await receipts(alice, 9) == [f"r{n}" for n in range(9)]
     assert contents(await stored_rows(narrow)) == [f"m{n}" for n in range(9)]
     await alice.ws.close()
+
