@@ -95,9 +95,15 @@ def _token(settings: Settings, user_id: str, ttl: int) -> int:
 
 
 def _migrate(settings: Settings) -> int:
+    from chat_server.errors import StoreUnavailable
     from chat_server.store.migrate import migrate
 
-    asyncio.run(migrate(settings.database_url))
+    try:
+        asyncio.run(migrate(settings.database_url))
+    except StoreUnavailable as exc:
+        # A release step that cannot reach its database: say so, no traceback, non-zero exit.
+        print(f"chat-server: cannot migrate: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

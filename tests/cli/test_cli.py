@@ -118,6 +118,15 @@ def test_migrate_creates_the_schema(tmp_path: Path) -> None:
     assert {"rooms", "room_members", "messages"} <= tables
 
 
+def test_migrate_without_a_reachable_database_says_so_and_fails(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    done = run_cli(cli_env(tmp_path), "migrate", "--database-url",
+                   f"postgresql://chat:secret@127.0.0.1:{port}/chat")
+    assert done.returncode == 1
+    assert "cannot migrate: database unavailable" in done.stderr
+    assert "Traceback" not in done.stderr and "secret" not in done.stderr
+
+
 def test_bad_setting_is_reported_not_raised(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
