@@ -73,9 +73,8 @@ class _Feed:
     #: Last seq delivered to the taps; None until read from the store after subscribing.
     last_seq: int | None = None
     held: dict[int, ChatMessage] = field(default_factory=dict)
-    #: True until `last_seq` is known (or opening failed, or the feed closed).
-    opening: bool = True
-    #: What subscribers arriving while it opens wait for; made only for them, then dropped.
+    #: What subscribers arriving while it opens (`last_seq` still None) wait for; made only
+    #: for them, dropped once it opened or failed to.
     ready: asyncio.Future[None] | None = None
     gap_timer: asyncio.TimerHandle | None = None
     filling: bool = False
@@ -83,7 +82,6 @@ class _Feed:
 
 def _opened(feed: _Feed) -> None:
     """Opening ended, well or not: release whoever waits for it."""
-    feed.opening = False
     if feed.ready is not None and not feed.ready.done():
         feed.ready.set_result(None)
     feed.ready = None
@@ -125,7 +123,7 @@ class Fanout:
             await self._open(feed)
         else:
             feed.taps.append(tap)
-            if feed.opening:
+            if feed.last_seq is None:  # still opening
                 if feed.ready is None:
                     feed.ready = asyncio.get_running_loop().create_future()
                 await asyncio.shield(feed.ready)  # one waiter's cancellation is not the others'

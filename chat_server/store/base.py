@@ -49,7 +49,6 @@ class MessageStore(Protocol):
 
         A retried `client_message_id` (same room and sender) returns the stored row with
         `created=False` and uses no `seq`. `RoomNotFound` / `NotAMember` refuse it.
-        Returns only after the transaction committed.
         """
         ...
 
