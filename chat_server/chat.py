@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Callable
 
 from chat_server.broker.base import Broker, room_topic, user_topic
-from chat_server.errors import Forbidden, NotAMember, RoomNotFound, ValidationFailed
+from chat_server.errors import Forbidden, RoomNotFound, ValidationFailed
 from chat_server.metrics import Metrics
 from chat_server.models import (
     ChatMessage,
@@ -30,15 +31,48 @@ from chat_server.store.base import MessageStore
 log = logging.getLogger(__name__)
 
 
+#: Hands a stored message to this worker's own subscribers (the fan-out's local input).
+LocalDelivery = Callable[[ChatMessage], None]
+
+
+class Submission:
+    """A message queued for storing; `outcome()` finishes the post and says how it went."""
+
+    __slots__ = ("_chat", "stored")
+
+    def __init__(self, chat: ChatService, stored: asyncio.Future[PostResult]) -> None:
+        self._chat = chat
+        #: Done once the group commit that holds the message committed (or failed).
+        self.stored = stored
+
+    def failed(self) -> bool:
+        """Known already to have failed (refused, or its transaction did)."""
+        stored = self.stored
+        return stored.done() and (stored.cancelled() or stored.exception() is not None)
+
+    async def outcome(self) -> PostResult:
+        """The stored message, once durable; publishing it is part of this. Await once."""
+        result = await self.stored
+        if result.created:
+            self._chat.stored(result.message)
+            await self._chat.publish_message(result.message)
+        return result
+
+
 class ChatService:
     """Every rule lives here once; STOMP and REST both call it."""
 
     def __init__(
-        self, store: MessageStore, broker: Broker, metrics: Metrics | None = None
+        self,
+        store: MessageStore,
+        broker: Broker,
+        metrics: Metrics,
+        deliver_locally: LocalDelivery,
     ) -> None:
         self._store = store
         self._broker = broker
-        self._metrics = metrics or Metrics()
+        self._metrics = metrics
+        self._deliver_locally = deliver_locally
 
     # --- messages -----------------------------------------------------------------------------
 
@@ -49,7 +83,7 @@ class ChatService:
 
         A retried `clientMessageId` returns the stored message and is not published again.
         """
-        return await self.submit(sender, draft, headers)
+        return await self.submit(sender, draft, headers).outcome()
 
     def submit(
         self,
@@ -57,28 +91,21 @@ class ChatService:
         draft: MessageDraft,
         headers: UserHeaders = (),
         chain: SendChain | None = None,
-    ) -> Awaitable[PostResult]:
-        """`post` in two steps: the message is queued for storing now, in call order, and the
-        returned awaitable finishes the post. Await each one: that is where it is published."""
-        stored = self._store.append_message(
-            NewMessage(
-                draft.room_id, sender, draft.content, draft.client_message_id, headers, chain
-            )
-        )
-        return self._publish_stored(draft.room_id, stored)
+    ) -> Submission:
+        """`post` in two steps: the message is queued for storing now, in call order; the
+        submission's `outcome()` finishes the post. Await each one: that is where it is
+        published."""
+        message = NewMessage(draft.room_id, sender, draft.content, draft.client_message_id, headers)
+        return Submission(self, self._store.append_message(message, chain))
 
-    async def _publish_stored(
-        self, room_id: RoomId, stored: Awaitable[PostResult]
-    ) -> PostResult:
-        try:
-            result = await stored
-        except RoomNotFound:
-            # Refuse a missing room exactly like someone else's room: existence never leaks.
-            raise NotAMember(f"not a member of room {room_id}") from None
-        if result.created:
-            self._metrics.messages_stored.inc()
-            await self._publish(room_topic(room_id), encode_envelope(result.message))
-        return result
+    def stored(self, message: ChatMessage) -> None:
+        """A new message is durable: this worker's subscribers get it now, without waiting for
+        the broker (whose echo the fan-out then drops by its `seq`)."""
+        self._metrics.messages_stored.inc()
+        self._deliver_locally(message)
+
+    async def publish_message(self, message: ChatMessage) -> None:
+        await self._publish(room_topic(message.room_id), encode_envelope(message))
 
     async def history(
         self, user: UserId, room_id: RoomId, query: HistoryQuery
@@ -89,6 +116,9 @@ class ChatService:
         )
 
     async def may_read(self, user: UserId, room_id: RoomId) -> bool:
+        """The membership rule: only members use a room, and a room that does not exist is
+        refused exactly like someone else's (its existence never leaks). Every check here, in
+        `room` and in the store's appends asks the same thing: is there a member row?"""
         return await self._store.is_member(room_id, user)
 
     # --- rooms --------------------------------------------------------------------------------
@@ -114,8 +144,9 @@ class ChatService:
 
     async def room(self, user: UserId, room_id: RoomId) -> Room:
         room = await self._store.get_room(room_id)
+        # The membership rule on the room just read (one query, not two).
         if room is None or user not in room.member_ids:
-            raise RoomNotFound(f"no room {room_id} among yours")
+            raise _not_yours(room_id)
         return room
 
     async def add_member(self, actor: UserId, room_id: RoomId, new_member: UserId) -> Room:
@@ -145,7 +176,7 @@ class ChatService:
 
     async def _require_member(self, user: UserId, room_id: RoomId) -> None:
         if not await self._store.is_member(room_id, user):
-            raise RoomNotFound(f"no room {room_id} among yours")
+            raise _not_yours(room_id)
 
     # --- publishing ---------------------------------------------------------------------------
 
@@ -158,3 +189,7 @@ class ChatService:
             await self._broker.publish(topic, payload)
         except Exception:
             log.exception("publishing to %s failed; subscribers catch up from the store", topic)
+
+
+def _not_yours(room_id: RoomId) -> RoomNotFound:
+    return RoomNotFound(f"no room {room_id} among yours")

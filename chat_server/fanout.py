@@ -1,5 +1,9 @@
 """Local fan-out: each watched room's feed, delivered in `seq` order to this worker's subscribers.
 
+A room's messages come in two ways, into one sink (`deliver`): straight from this worker's
+commits, and from the broker (every worker's, this one's echoes included). A feed keeps the
+last `seq` it delivered and drops anything at or below it, so either way each is delivered once.
+
 The broker may deliver a room's messages late, twice, out of order or not at all (Redis pub/sub
 is at-most-once, and two workers may publish in a different order than they committed). The
 store is the record: a feed tracks the last `seq` it delivered, holds early arrivals, and reads
@@ -97,7 +101,7 @@ class Fanout:
         *,
         gap_wait_s: float = 0.2,
         reconcile_interval_s: float = 5.0,
-        metrics: Metrics | None = None,
+        metrics: Metrics,
     ) -> None:
         self._broker = broker
         self._store = store
@@ -107,7 +111,7 @@ class Fanout:
         self._users: dict[UserId, list[EventSink]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconciler: asyncio.Task[None] | None = None
-        self._metrics = metrics or Metrics()
+        self._metrics = metrics
 
     # --- rooms ------------------------------------------------------------------------------
 
@@ -193,7 +197,7 @@ class Fanout:
             log.exception("dropped an undecodable broker payload on %s", topic)
             return
         if kind == "room":
-            self._on_room_message(message)
+            self.deliver(message)
         else:
             self._on_user_event(UserId(key), event)
 
@@ -206,7 +210,8 @@ class Fanout:
 
     # --- ordering -----------------------------------------------------------------------------
 
-    def _on_room_message(self, message: ChatMessage) -> None:
+    def deliver(self, message: ChatMessage) -> None:
+        """A stored message, from this worker's commit or the broker: idempotent by `seq`."""
         feed = self._feeds.get(message.room_id)
         if feed is None:
             return

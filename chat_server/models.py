@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, NewType
 
-import orjson
+from chat_server import codec
 
 RoomId = NewType("RoomId", int)
 UserId = NewType("UserId", str)
@@ -50,17 +50,17 @@ class Room:
         }
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(frozen=True, slots=True)
 class SendChain:
-    """One connection's SENDs queued for storing without waiting for each other's commit.
+    """One connection's burst of pipelined SENDs, named so the group commit can stop it.
 
-    Once one of them fails (refused with `stop_on_refusal`, or its transaction failed), the
-    store drops the ones queued behind it: nothing is stored that a connection sending one
-    SEND at a time would not have stored.
+    Once one append of a chain fails (refused with `stop_on_refusal`, or its transaction
+    failed), the appends of the same chain still queued behind it are answered `NotStored`,
+    unstored: nothing is stored that a connection sending one SEND at a time would not have.
     """
 
+    id: int
     stop_on_refusal: bool = True
-    broken: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +72,6 @@ class NewMessage:
     content: str
     client_message_id: str | None = None
     headers: UserHeaders = ()
-    chain: SendChain | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +102,7 @@ class ChatMessage:
 
     def body_bytes(self) -> bytes:
         """The contract's JSON body, as sent in every `MESSAGE` and REST answer."""
-        return orjson.dumps(self.to_json())
+        return codec.dumps(self.to_json())
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +118,7 @@ class PostResult:
 
 def encode_envelope(message: ChatMessage) -> bytes:
     """Serialize a stored message once for the broker (the same bytes go to every worker)."""
-    return orjson.dumps(
+    return codec.dumps(
         {
             "id": message.id,
             "room": message.room_id,
@@ -135,7 +134,7 @@ def encode_envelope(message: ChatMessage) -> bytes:
 
 def decode_envelope(payload: bytes) -> ChatMessage:
     """Inverse of `encode_envelope`; raises ValueError (or KeyError/TypeError) on garbage."""
-    raw = orjson.loads(payload)
+    raw = codec.loads(payload)
     return ChatMessage(
         id=MessageId(int(raw["id"])),
         room_id=RoomId(int(raw["room"])),
@@ -168,11 +167,11 @@ def encode_user_event(kind: UserEventKind, room: Room) -> bytes:
     body: dict[str, Any] = {"type": kind.value, "roomId": room.id}
     if kind is UserEventKind.ROOM_ADDED:
         body["room"] = room.to_json()
-    return orjson.dumps(body)
+    return codec.dumps(body)
 
 
 def decode_user_event(payload: bytes) -> UserEvent:
-    raw = orjson.loads(payload)
+    raw = codec.loads(payload)
     return UserEvent(UserEventKind(raw["type"]), RoomId(int(raw["roomId"])), payload)
 
 

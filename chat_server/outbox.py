@@ -19,7 +19,8 @@ class Outbox:
 
     `put` never blocks (fan-out must never wait for one client); past `limit_bytes` it raises
     `OutboxOverflow`. The writer is told through `on_ready` and takes everything queued at once,
-    so frames queued in the same loop iteration leave in one WebSocket message.
+    so frames queued in the same loop iteration leave in one WebSocket message. Whether more may
+    be queued is not the outbox's to know: the connection decides the close (`Outlet` asks it).
     """
 
     def __init__(self, limit_bytes: int) -> None:
@@ -27,10 +28,9 @@ class Outbox:
         # A list, not a deque: an empty deque weighs 760 bytes on every idle connection.
         self._chunks: list[bytes] = []
         self._size = 0
-        self._closed = False
         # Futures made only while someone waits: an idle connection holds no waiter objects.
         self._drain_waiters: list[asyncio.Future[None]] = []
-        #: Called after every put, close, abandon and discard (the writer schedules a flush).
+        #: Called after every put, wake, abandon and discard (the writer schedules a flush).
         self.on_ready: Callable[[], None] = _ignore
         #: Called by `abandon`, so a writer waiting for a slow peer stops waiting.
         self.on_abandon: Callable[[], None] = _ignore
@@ -40,49 +40,42 @@ class Outbox:
         return self._size
 
     @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
     def pending(self) -> bool:
         """Whether anything is queued."""
         return bool(self._chunks)
 
     def put(self, data: bytes) -> None:
-        if self._closed:
-            return
         if self._size + len(data) > self.limit_bytes and self._size:
             raise OutboxOverflow(f"outbox above {self.limit_bytes} bytes")
         self._chunks.append(data)
         self._size += len(data)
         self.on_ready()
 
-    def close(self, final: bytes = b"") -> None:
-        """Accept nothing more; `final` (an ERROR frame, say) is the last thing written."""
-        if self._closed:
-            return
-        if final:
-            self._chunks.append(final)
-            self._size += len(final)
-        self._closed = True
+    def put_final(self, data: bytes) -> None:
+        """The last frame (an ERROR): queued even past the limit, since it is small and must
+        go out; nothing is put after it."""
+        self._chunks.append(data)
+        self._size += len(data)
+        self.on_ready()
+
+    def wake(self) -> None:
+        """Nothing new, but the writer should look again (the connection's close was decided)."""
         self.on_ready()
 
     def abandon(self, final: bytes = b"") -> None:
         """A slow consumer: drop the backlog, keep only `final`, and cut a blocked write short."""
-        self._chunks.clear()
-        self._size = 0
-        self._closed = False
-        self.close(final)
-        self._release_drain_waiters()
+        self.discard()
+        if final:
+            self._chunks.append(final)
+            self._size = len(final)
+        self.on_ready()
         self.on_abandon()
 
     def discard(self) -> None:
-        """Drop whatever is queued (the socket is gone) and close."""
+        """Drop whatever is queued (the socket is gone, or the peer reads too slowly)."""
         self._chunks.clear()
         self._size = 0
-        self._closed = True
         self._release_drain_waiters()
-        self.on_ready()
 
     def take(self, max_bytes: int | None = None) -> bytes:
         """Queued frames joined: whole frames, about `max_bytes` at most (b"" when empty)."""

@@ -1,4 +1,5 @@
-"""Keyed token buckets: REST requests per user, failed STOMP CONNECTs per IP address.
+"""Token buckets: inbound frames per connection; keyed, REST requests per user and failed STOMP
+CONNECTs per IP address.
 
 Sans-I/O: the clock is a parameter (monotonic seconds), so every rule is testable without waiting.
 """
@@ -11,9 +12,33 @@ from dataclasses import dataclass
 
 
 @dataclass(slots=True)
-class _Bucket:
+class TokenBucket:
+    """`rate` tokens per second, at most `burst` saved up; starts full."""
+
+    rate: float
+    burst: float
     tokens: float
     stamp: float
+
+    @classmethod
+    def full(cls, rate: float, burst: float, now: float) -> TokenBucket:
+        return cls(rate, float(burst), float(burst), now)
+
+    def refill(self, now: float) -> None:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def borrow(self, now: float) -> float:
+        """Take a token even when none is left: the seconds until the debt is repaid (0: none).
+
+        A reader that waits that long before going on is held to the rate (back-pressure);
+        `rate <= 0` disables the bucket.
+        """
+        if self.rate <= 0:
+            return 0.0
+        self.refill(now)
+        self.tokens -= 1.0
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
 class RateLimiter:
@@ -35,17 +60,16 @@ class RateLimiter:
         self.burst = max(1.0, float(burst))
         self.max_keys = max_keys
         self._clock = clock
-        self._buckets: dict[Hashable, _Bucket] = {}
+        self._buckets: dict[Hashable, TokenBucket] = {}
 
     @property
     def enabled(self) -> bool:
         return self.rate > 0
 
-    def _refill(self, key: Hashable, now: float) -> _Bucket | None:
+    def _refill(self, key: Hashable, now: float) -> TokenBucket | None:
         bucket = self._buckets.get(key)
         if bucket is not None:
-            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
-            bucket.stamp = now
+            bucket.refill(now)
         return bucket
 
     def retry_after(self, key: Hashable) -> float:
@@ -65,7 +89,7 @@ class RateLimiter:
         bucket = self._refill(key, now)
         if bucket is None:
             self._make_room(now)
-            bucket = self._buckets[key] = _Bucket(self.burst, now)
+            bucket = self._buckets[key] = TokenBucket.full(self.rate, self.burst, now)
         if bucket.tokens < 1.0:
             return (1.0 - bucket.tokens) / self.rate
         bucket.tokens -= 1.0

@@ -183,9 +183,11 @@ async def test_detached_tap_receives_nothing_more(
     assert gone.queue.empty()
 
 
-async def test_last_tap_leaving_unsubscribes_the_room(store: SqlStore, room: RoomId) -> None:
+async def test_last_tap_leaving_unsubscribes_the_room(
+    store: SqlStore, room: RoomId, metrics: Metrics
+) -> None:
     broker = MemoryBroker()
-    fan = Fanout(broker, store, reconcile_interval_s=0)
+    fan = Fanout(broker, store, reconcile_interval_s=0, metrics=metrics)
     await broker.start(fan)
     tap = Tap(room, Seen())
     await fan.attach(tap)

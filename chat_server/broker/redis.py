@@ -54,8 +54,8 @@ class RedisBroker:
         self._supervisor: asyncio.Task[None] | None = None
         self._confirmations: dict[str, list[asyncio.Future[None]]] = {}
         self._last_heard = 0.0
-        #: (topic, payload, already delivered to this worker) waiting for the publisher task.
-        self._outgoing: deque[tuple[str, bytes, bool]] = deque()
+        #: (topic, payload) waiting for the publisher task.
+        self._outgoing: deque[tuple[str, bytes]] = deque()
         self._outgoing_ready = asyncio.Event()
         self._max_queued = max_queued
         self._publisher_task: asyncio.Task[None] | None = None
@@ -212,21 +212,20 @@ class RedisBroker:
     # --- Broker -------------------------------------------------------------------------------
 
     async def publish(self, topic: str, payload: bytes) -> None:
-        """Queue for the publisher task and return at once: a RECEIPT never waits on Redis."""
-        delivered = self._state is not BrokerState.CONNECTED
-        if delivered:
-            # Our own subscriber cannot echo it back: deliver to this worker now. The fan-out
-            # drops the duplicate should an echo arrive after all.
-            self._deliver_locally(topic, payload)
+        """Queue for the publisher task and return at once: a RECEIPT never waits on Redis.
+
+        What Redis could not echo (it failed, or our subscriber was down) comes back to this
+        worker's own listener directly; other workers read room messages back from the database.
+        """
         if len(self._outgoing) >= self._max_queued:
-            # Redis has been unreachable for a long while: the oldest news goes; the database
+            # Redis has been too slow for a long while: the oldest news goes; the database
             # still has every message, and other workers read it back on reconnection.
             self._outgoing.popleft()
             self.publish_failures += 1
-        self._outgoing.append((topic, payload, delivered))
+        self._outgoing.append((topic, payload))
         self._outgoing_ready.set()
 
-    def _deliver_locally(self, topic: str, payload: bytes) -> None:
+    def _loop_back(self, topic: str, payload: bytes) -> None:
         if self._listener is not None and topic in self._topics:
             self._listener.on_message(topic, payload)
 
@@ -247,17 +246,18 @@ class RedisBroker:
             return
         try:
             pipeline = self._publisher.pipeline(transaction=False)
-            for topic, payload, _ in batch:
+            for topic, payload in batch:
                 pipeline.publish(self._channel(topic), payload)
             await asyncio.wait_for(pipeline.execute(), self._timeout_s)
+            echoed = self._state is BrokerState.CONNECTED
         except (RedisError, OSError, TimeoutError) as exc:
             self.publish_failures += len(batch)
             log.warning("redis publish of %d messages failed: %s", len(batch),
                         exc.__class__.__name__)
-            # What never reached Redis will not be echoed: this worker's sockets get it here.
-            for topic, payload, delivered in batch:
-                if not delivered:
-                    self._deliver_locally(topic, payload)
+            echoed = False
+        if not echoed:
+            for topic, payload in batch:
+                self._loop_back(topic, payload)
 
     async def subscribe(self, topic: str) -> None:
         """Returns once Redis confirmed the subscription (or the connection is down)."""

@@ -40,6 +40,8 @@ SILENCE_FACTOR = 2.0
 class State(Enum):
     AWAITING_CONNECT = "awaiting connect"
     CONNECTED = "connected"
+    #: The server is shutting down: frames not yet started are dropped, replies still go out.
+    STOPPING = "stopping"
     CLOSED = "closed"
 
 
@@ -47,6 +49,7 @@ class State(Enum):
 ALLOWED: dict[State, frozenset[Command]] = {
     State.AWAITING_CONNECT: frozenset({Command.CONNECT, Command.STOMP}),
     State.CONNECTED: CLIENT_COMMANDS - {Command.CONNECT, Command.STOMP},
+    State.STOPPING: frozenset(),
     State.CLOSED: frozenset(),
 }
 
@@ -81,6 +84,16 @@ class Subscription:
     ack: AckMode
     #: `MESSAGE\nsubscription:<id>\n`, escaped for the connection's version once, here.
     prefix: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Why and how the connection ends: decided once, by the first cause."""
+
+    code: CloseCode
+    reason: str
+    #: Ended by an ERROR frame (a protocol error, a slow consumer), not by either side's choice.
+    error: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +169,8 @@ class StompConnection:
         self.heart_beats = HeartBeats(0, 0)
         self.last_received = now
         self.subscriptions: dict[str, Subscription] = {}
+        #: Set once, by the first of: an ERROR, DISCONNECT, shutdown, the peer going away.
+        self.close: Close | None = None
         self._server_heartbeat_ms = server_heartbeat_ms
         self._subprotocol = subprotocol
         self._parser = FrameParser(limits.parser, self.version)
@@ -173,8 +188,10 @@ class StompConnection:
     def events_received(self) -> Iterator[Frame]:
         """Complete frames the current state accepts; raises on the first that breaks a rule."""
         for frame in self._parser.frames():
-            if self.state is State.CLOSED:
-                return  # BAD_INPUTS P19: frames after DISCONNECT are ignored
+            if self.state is State.CLOSED or self.state is State.STOPPING:
+                # BAD_INPUTS P19: frames after DISCONNECT are ignored; while stopping, a frame
+                # not started is not receipted, so the client sends it again elsewhere.
+                return
             if frame.command not in ALLOWED[self.state]:
                 raise self._error(frame, _refusal(self.state, frame.command))
             self._check_required_headers(frame)
@@ -247,7 +264,10 @@ class StompConnection:
         return self.encode(Frame(Command.RECEIPT, (("receipt-id", receipt_id),)))
 
     def error(self, exc: StompProtocolError) -> bytes:
-        """The ERROR frame for a protocol error; afterwards the connection is closed."""
+        """The ERROR frame for a protocol error, to be the last frame sent; the connection is
+        closed from here on. b"" when it was already closing: one cause, one ERROR."""
+        if self.close is not None:
+            return b""
         headers: list[tuple[str, str]] = [("message", exc.message)]
         if exc.receipt_id is not None:
             headers.append(("receipt-id", exc.receipt_id))
@@ -256,11 +276,28 @@ class StompConnection:
             headers.append(("version", ",".join(SUPPORTED_VERSIONS)))
         headers.append(("content-type", "text/plain"))
         body = (exc.detail or exc.message).encode("utf-8")
-        self.state = State.CLOSED
-        return self.encode(Frame(Command.ERROR, tuple(headers), body).with_content_length())
+        frame = self.encode(Frame(Command.ERROR, tuple(headers), body).with_content_length())
+        self._closing(Close(exc.close_code, exc.message, error=True))
+        return frame
 
-    def disconnect(self) -> None:
+    def disconnect(self, code: CloseCode = CloseCode.NORMAL, reason: str = "disconnect") -> None:
+        """End the connection without an ERROR: DISCONNECT, shutdown, or the peer gone."""
+        if self.close is None:
+            self._closing(Close(code, reason))
+
+    def stop(self) -> None:
+        """The server is shutting down: handle no new frame; `disconnect` once settled."""
+        if self.state is not State.CLOSED:
+            self.state = State.STOPPING
+
+    def _closing(self, close: Close) -> None:
+        self.close = close
         self.state = State.CLOSED
+
+    @property
+    def closing(self) -> bool:
+        """Whether the close is decided: nothing but what is already queued goes out."""
+        return self.close is not None
 
     def message_prefix(self, subscription: Subscription) -> bytes:
         """The per-delivery headers of a MESSAGE: subscription, message-id and, if acked, ack."""

@@ -14,8 +14,16 @@ from dataclasses import dataclass, field
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
-from chat_server.errors import ChatError, NotAMember, NotStored, RoomNotFound
-from chat_server.models import ChatMessage, MessageId, NewMessage, PostResult, RoomId, UserId
+from chat_server.errors import ChatError, NotAMember, NotStored
+from chat_server.models import (
+    ChatMessage,
+    MessageId,
+    NewMessage,
+    PostResult,
+    RoomId,
+    SendChain,
+    UserId,
+)
 from chat_server.store.rows import encode_headers, to_message
 from chat_server.store.schema import db_now_ms, messages, room_members, rooms
 
@@ -61,7 +69,12 @@ class _Plan:
     echoes: list[tuple[int, RetryKey]] = field(default_factory=list)
 
 
-def append_batch(conn: Connection, batch: Sequence[NewMessage]) -> list[Outcome]:
+Append = tuple[NewMessage, SendChain | None]
+
+
+def append_batch(
+    conn: Connection, work: tuple[Sequence[Append], frozenset[int]]
+) -> list[Outcome]:
     """Number and insert `batch` inside the caller's transaction; outcomes in batch order.
 
     Synchronous, so that a transaction can run whole in a database thread (SQLite) or through
@@ -71,9 +84,11 @@ def append_batch(conn: Connection, batch: Sequence[NewMessage]) -> list[Outcome]
     write lock is already held), so two workers' batches never deadlock, and retried
     `client_message_id`s are looked up under those locks: no unique violation is left to race.
     """
+    appends, broken = work
+    batch = [message for message, _ in appends]
     room_ids = sorted({message.room_id for message in batch})
     existing = set(conn.scalars(_LOCK_ROOMS, {"room_ids": room_ids}))
-    plan = _plan(conn, batch, existing)
+    plan = _plan(conn, appends, existing, set(broken))
     inserted = _insert(conn, batch, plan.fresh) if plan.fresh else {}
     by_key: dict[RetryKey, ChatMessage] = {}
     for index, message in inserted.items():
@@ -88,8 +103,9 @@ def append_batch(conn: Connection, batch: Sequence[NewMessage]) -> list[Outcome]
 
 
 def _plan(
-    conn: Connection, batch: Sequence[NewMessage], existing: set[RoomId]
+    conn: Connection, appends: Sequence[Append], existing: set[RoomId], broken: set[int]
 ) -> _Plan:
+    batch = [message for message, _ in appends]
     plan = _Plan([None] * len(batch))
     members = {
         (RoomId(row.room_id), UserId(row.user_id))
@@ -100,14 +116,14 @@ def _plan(
     }
     stored = _stored_retries(conn, batch, existing)
     first_in_batch: set[RetryKey] = set()
-    for index, message in enumerate(batch):
-        room, cmid, chain = message.room_id, message.client_message_id, message.chain
-        if chain is not None and chain.broken:
+    for index, (message, chain) in enumerate(appends):
+        room, cmid = message.room_id, message.client_message_id
+        if chain is not None and chain.id in broken:
             plan.outcomes[index] = NotStored("an earlier SEND on this connection failed")
         elif (refusal := _refusal(message, existing, members)) is not None:
             plan.outcomes[index] = refusal
             if chain is not None and chain.stop_on_refusal:
-                chain.broken = True
+                broken.add(chain.id)
         elif cmid is None:
             plan.fresh[room].append(index)
         elif (key := (room, message.sender_id, cmid)) in stored:
@@ -123,8 +139,7 @@ def _plan(
 def _refusal(
     message: NewMessage, existing: set[RoomId], members: set[tuple[RoomId, UserId]]
 ) -> ChatError | None:
-    if message.room_id not in existing:
-        return RoomNotFound("room not found", {"roomId": message.room_id})
+    # A room that does not exist is refused like one the sender is not in: existence never leaks.
     if (message.room_id, message.sender_id) not in members:
         return NotAMember("not a member of this room", {"roomId": message.room_id})
     return None

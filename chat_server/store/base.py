@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Collection, Sequence
+import asyncio
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
-from chat_server.models import ChatMessage, NewMessage, PostResult, Room, RoomId, UserId
+from chat_server.models import (
+    ChatMessage,
+    NewMessage,
+    PostResult,
+    Room,
+    RoomId,
+    SendChain,
+    UserId,
+)
 
 
 class MessageStore(Protocol):
@@ -41,7 +50,9 @@ class MessageStore(Protocol):
         """True if the user was a member."""
         ...
 
-    def append_message(self, message: NewMessage) -> Awaitable[PostResult]:
+    def append_message(
+        self, message: NewMessage, chain: SendChain | None = None
+    ) -> asyncio.Future[PostResult]:
         """Store a message, numbering it with the room's next `seq` in the same transaction.
 
         Queued at the call, so one caller's messages are stored in call order; the awaitable

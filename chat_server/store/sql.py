@@ -22,7 +22,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from chat_server.errors import RoomExists, RoomNotFound, StoreUnavailable
+from chat_server.errors import ChatError, NotStored, RoomExists, RoomNotFound, StoreUnavailable
 from chat_server.models import (
     ChatMessage,
     NewMessage,
@@ -30,9 +30,10 @@ from chat_server.models import (
     Room,
     RoomId,
     RoomKind,
+    SendChain,
     UserId,
 )
-from chat_server.store.appends import Outcome, append_batch
+from chat_server.store.appends import Append, Outcome, append_batch
 from chat_server.store.rows import to_message
 from chat_server.store.schema import db_now_ms, messages, room_members, rooms
 from chat_server.store.sqlite import SQLITE_BEGIN_OPTION, SqliteWriter, install_sqlite_hooks
@@ -153,7 +154,9 @@ class SqlStore:
         # SQLite has one writer at a time anyway: queueing this process's writers here spares
         # them the busy handler's sleep-and-retry. BEGIN IMMEDIATE still orders other processes.
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if self._is_sqlite else None
-        self._appends: list[tuple[NewMessage, asyncio.Future[PostResult]]] = []
+        self._appends: list[tuple[Append, asyncio.Future[PostResult]]] = []
+        #: Chains that failed, while appends of theirs are still queued.
+        self._broken: set[int] = set()
         self._appender: asyncio.Task[None] | None = None
         #: Told the size of each batch of appends committed together (a metrics hook).
         self.observe_batch: Callable[[int], None] = lambda _size: None
@@ -348,11 +351,13 @@ class SqlStore:
 
     # --- messages ----------------------------------------------------------------------------
 
-    def append_message(self, message: NewMessage) -> asyncio.Future[PostResult]:
+    def append_message(
+        self, message: NewMessage, chain: SendChain | None = None
+    ) -> asyncio.Future[PostResult]:
         """Queued now for the next group commit; the future is done once that commit is."""
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[PostResult] = loop.create_future()
-        self._appends.append((message, answer))
+        self._appends.append(((message, chain), answer))
         if self._appender is None or self._appender.done():
             self._appender = loop.create_task(self._append_queued())
         return answer
@@ -365,17 +370,26 @@ class SqlStore:
             del self._appends[:MAX_APPEND_BATCH]
             self.observe_batch(len(batch))
             try:
-                outcomes = await self._commit_batch([message for message, _ in batch])
+                outcomes = await self._commit_batch(
+                    ([append for append, _ in batch], frozenset(self._broken))
+                )
             except BaseException as exc:
-                for message, answer in batch:
-                    if message.chain is not None:
-                        message.chain.broken = True  # outcome unknown: store nothing after it
+                for (_, chain), answer in batch:
+                    if chain is not None:
+                        self._broken.add(chain.id)  # outcome unknown: store nothing after it
                     if not answer.done():
                         answer.set_exception(exc)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
+                self._prune_broken()
                 continue
-            for (_, answer), outcome in zip(batch, outcomes, strict=True):
+            for ((_, chain), answer), outcome in zip(batch, outcomes, strict=True):
+                if (
+                    chain is not None
+                    and isinstance(outcome, ChatError)
+                    and (chain.stop_on_refusal or isinstance(outcome, NotStored))
+                ):
+                    self._broken.add(chain.id)
                 if answer.done():
                     continue  # its sender went away; the message is stored all the same
                 if isinstance(outcome, PostResult):
@@ -383,7 +397,16 @@ class SqlStore:
                 else:
                     answer.set_exception(outcome)
 
-    async def _commit_batch(self, batch: list[NewMessage]) -> list[Outcome]:
+            self._prune_broken()
+
+    def _prune_broken(self) -> None:
+        if self._broken:
+            queued = {chain.id for (_, chain), _ in self._appends if chain is not None}
+            self._broken &= queued
+
+    async def _commit_batch(
+        self, batch: tuple[list[Append], frozenset[int]]
+    ) -> list[Outcome]:
         # Rooms are locked before clientMessageIds are looked up (appends.py), so no unique
         # violation can race us; any failure here leaves the batch unstored and unreceipted.
         with unavailable_on_failure():

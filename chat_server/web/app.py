@@ -16,6 +16,7 @@ from chat_server.broker.redis import RedisBroker
 from chat_server.chat import ChatService
 from chat_server.config import Settings
 from chat_server.fanout import Fanout
+from chat_server.inbound import SendReader
 from chat_server.metrics import Metrics
 from chat_server.ratelimit import RateLimiter
 from chat_server.store.sql import open_store
@@ -68,7 +69,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         settings=settings,
         store=store,
         broker=broker,
-        chat=ChatService(store, broker, metrics),
+        chat=ChatService(store, broker, metrics, fanout.deliver),
+        send_reader=SendReader(
+            settings.max_body_bytes, settings.max_user_headers, settings.max_user_header_bytes
+        ),
         metrics=metrics,
         fanout=fanout,
         tokens=TokenAuthority(secret, leeway_s=settings.jwt_leeway_s),

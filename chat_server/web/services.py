@@ -12,6 +12,7 @@ from chat_server.broker.base import Broker
 from chat_server.chat import ChatService
 from chat_server.config import Settings
 from chat_server.fanout import Fanout
+from chat_server.inbound import SendReader
 from chat_server.metrics import Metrics
 from chat_server.models import UserId
 from chat_server.ratelimit import RateLimiter
@@ -82,6 +83,8 @@ class Services:
     store: MessageStore
     broker: Broker
     chat: ChatService
+    #: Checks SEND frames; one for the worker (its schema is built once).
+    send_reader: SendReader
     fanout: Fanout
     metrics: Metrics
     tokens: TokenAuthority

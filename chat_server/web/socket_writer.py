@@ -5,6 +5,10 @@ written straight into the transport: no task wakes up per delivery, and an idle 
 no task at all. Only a peer that reads slowly (the transport above its high-water mark) gets a
 task that waits for the transport to drain, never longer than the send stall and never past an
 outbox overflow; the connection is then cut as a slow consumer.
+
+The writer decides nothing about the STOMP conversation: it asks the connection whether the
+close is decided and with which code, and tells it when the peer reads too slowly (the
+connection then makes the ERROR). `finished()` is how its owner learns that it is done.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from chat_server.outbox import Outbox
-from chat_server.session import Session
+from chat_server.outlet import SLOW_CONSUMER
+from chat_server.stomp.connection import StompConnection
 from chat_server.stomp.frames import HEARTBEAT
 
 log = logging.getLogger(__name__)
@@ -56,19 +61,22 @@ def _ignore() -> None:
 
 
 class SocketWriter:
-    """Moves one session's outbox to its socket; `finished()` waits for the close."""
+    """Moves one connection's outbox to its socket; `finished()` waits for the close."""
 
     def __init__(
         self,
         ws: web.WebSocketResponse,
-        session: Session,
+        conn: StompConnection,
+        outbox: Outbox,
         transport: asyncio.Transport | None,
         drain: Callable[[], Awaitable[None]],
         stall: float | None,
+        log_context: dict[str, object],
     ) -> None:
         self._ws = ws
-        self._session = session
-        self._outbox: Outbox = session.outbox
+        self._conn = conn
+        self._outbox = outbox
+        self._log_context = log_context
         self._transport = transport
         self._drain = drain
         self._stall = stall
@@ -81,13 +89,14 @@ class SocketWriter:
         self._heartbeat_s = 0.0
         self._heartbeats_decided = False
         self._last_write = self._loop.time()
+        #: The socket's side, not the conversation's: everything written and the socket closed.
         self._finished = False
         #: Made only when someone waits for the end (a future per idle connection adds up).
         self._done: asyncio.Future[None] | None = None
         #: Anything received since the last keep-alive sweep (the reader sets it; keepalive.py).
         self.heard_from = True
         self._outbox.on_ready = self._schedule_flush
-        if self._outbox.pending or self._outbox.closed:
+        if self._outbox.pending or self._conn.closing:
             self._schedule_flush()
 
     async def finished(self) -> None:
@@ -119,7 +128,7 @@ class SocketWriter:
         except ConnectionError:
             self._gone()
             return
-        if outbox.closed:
+        if self._conn.closing:
             self._start(self._close())
         elif not self._heartbeats_decided:
             # The first flush carries CONNECTED (or an ERROR): heart-beats are negotiated by now.
@@ -154,7 +163,7 @@ class SocketWriter:
 
     def cut(self) -> None:
         """The peer answers nothing, not even pings: drop the connection (the reader then ends)."""
-        log.info("closing: no answer to pings", extra=self._session.log_context)
+        log.info("closing: no answer to pings", extra=self._log_context)
         if self._transport is not None:
             self._transport.abort()
 
@@ -167,7 +176,7 @@ class SocketWriter:
     # --- heart-beats: one timer, re-armed from the last write -----------------------------------
 
     def _start_heartbeats(self) -> None:
-        interval = self._session.conn.heart_beats.send_ms / 1000
+        interval = self._conn.heart_beats.send_ms / 1000
         if interval:
             self._heartbeat_s = interval
             self._heartbeat = self._loop.call_at(self._last_write + interval, self._beat)
@@ -211,10 +220,10 @@ class SocketWriter:
         self._flush()
 
     async def _close(self) -> None:
-        request = self._session.close_request
+        close = self._conn.close
         try:
-            if request is not None:
-                closing = self._ws.close(code=request.code, message=request.reason.encode())
+            if close is not None:
+                closing = self._ws.close(code=close.code, message=close.reason.encode())
                 await asyncio.wait_for(closing, self._stall)
         except TimeoutError:
             await self._drop_slow_consumer()
@@ -225,17 +234,19 @@ class SocketWriter:
             self._finish()
 
     async def _drop_slow_consumer(self) -> None:
-        """Send ERROR and a 1008 close without waiting for the peer, then cut the connection."""
-        session = self._session
-        log.info("cutting a slow consumer's connection", extra=session.log_context)
-        session.slow_consumer()  # if the stall, not an overflow, found it: ERROR replaces the queue
-        final = self._outbox.take()
+        """Send ERROR and the close without waiting for the peer, then cut the connection."""
+        log.info("cutting a slow consumer's connection", extra=self._log_context)
+        # Found by the stall: the ERROR replaces whatever is queued. When the close was decided
+        # before (an overflow left only its ERROR queued), what is queued goes last.
+        final = self._conn.error(SLOW_CONSUMER) or self._outbox.take()
         self._outbox.discard()
+        close = self._conn.close
+        assert close is not None
         with contextlib.suppress(Exception):
             if final:
                 await asyncio.wait_for(self._ws.send_frame(final, WSMsgType.TEXT), 0.05)
             await asyncio.wait_for(
-                self._ws.close(code=1008, message=b"slow consumer", drain=False), 0.05
+                self._ws.close(code=close.code, message=close.reason.encode(), drain=False), 0.05
             )
         if self._transport is not None:
             # close() waits for the buffer to flush, which a peer that never reads never allows.

@@ -77,11 +77,12 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             fanout=services.fanout,
             tokens=services.tokens,
             settings=settings,
+            reader=services.send_reader,
+            metrics=services.metrics,
             subprotocol=SUBPROTOCOLS[chosen] if chosen else None,
             admit_user=connections.admit_user,
             # Once the address's bucket is empty, its next upgrades get 429.
             auth_failed=partial(services.auth_failures.acquire, ip),
-            metrics=services.metrics,
         )
         connections.add(session)
         services.metrics.connections.inc()
@@ -100,19 +101,22 @@ async def _serve(
     ws: web.WebSocketResponse, session: Session, services: Services, request: web.Request
 ) -> None:
     stall = services.settings.send_stall_s or None
-    writer = SocketWriter(ws, session, request.transport, request.writer.drain, stall)
+    writer = SocketWriter(
+        ws, session.conn, session.outbox, request.transport, request.writer.drain, stall,
+        session.log_context,
+    )
     services.keepalive.add(writer)
     try:
         await _read(ws, session, writer)
     finally:
         services.keepalive.discard(writer)
-        if session.close_request is None:
-            session.outbox.discard()  # the peer went away first: nothing left to say
+        if not session.conn.closing:
+            session.outlet.lost()  # the peer went away first: nothing left to say
         await writer.finished()
 
 
 async def _read(ws: web.WebSocketResponse, session: Session, writer: SocketWriter) -> None:
-    while session.close_request is None:
+    while not session.conn.closing:
         deadline = session.read_deadline()
         timeout = None if deadline is None else deadline - time.monotonic()
         if timeout is not None and timeout <= 0:

@@ -137,7 +137,7 @@ class GatedChat(ChatService):
     """The membership check waits at a gate: the test publishes while a SUBSCRIBE is in it."""
 
     def __init__(self, inner: Services) -> None:
-        super().__init__(inner.store, inner.broker)
+        super().__init__(inner.store, inner.broker, inner.metrics, inner.fanout.deliver)
         self.entered = asyncio.Event()
         self.gate = asyncio.Event()
 

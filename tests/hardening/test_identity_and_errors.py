@@ -3,16 +3,16 @@ bugs are logged with a traceback and the peer sees only "internal error"."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable
 from dataclasses import replace
 
 import jwt
 import pytest
 from aiohttp import web
 
-from chat_server.chat import ChatService
+from chat_server.chat import ChatService, Submission
 from chat_server.errors import StoreUnavailable
 from chat_server.models import MessageDraft, PostResult, RoomId, SendChain, UserHeaders, UserId
 from chat_server.web.services import Services
@@ -84,13 +84,17 @@ class ExplodingChat(ChatService):
         draft: MessageDraft,
         headers: UserHeaders = (),
         chain: SendChain | None = None,
-    ) -> Awaitable[PostResult]:
-        return self.post(sender, draft, headers)
+    ) -> Submission:
+        failed: asyncio.Future[PostResult] = asyncio.get_running_loop().create_future()
+        failed.set_exception(self.failure(SECRET_DETAIL))
+        return Submission(self, failed)
 
 
 def exploding(failure: type[Exception]) -> object:
     def compose(_app: web.Application, services: Services) -> Services:
-        chat = ExplodingChat(services.store, services.broker)
+        chat = ExplodingChat(
+            services.store, services.broker, services.metrics, services.fanout.deliver
+        )
         chat.failure = failure
         return replace(services, chat=chat)
 
@@ -155,7 +159,9 @@ async def test_database_failure_on_subscribe_is_try_again_later_not_internal_err
     make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     def compose(_app: web.Application, services: Services) -> Services:
-        return replace(services, chat=UnreachableStoreChat(services.store, services.broker))
+        return replace(services, chat=UnreachableStoreChat(
+            services.store, services.broker, services.metrics, services.fanout.deliver
+        ))
 
     server = await make_server(compose=compose)
     room = await server.room("alice", "bob")

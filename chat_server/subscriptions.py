@@ -1,0 +1,155 @@
+"""One connection's subscriptions: what each one delivers, and the rules for adding and ending
+them (membership, the server ending them when a member is removed)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+
+from chat_server.destinations import (
+    ERRORS_DESTINATION,
+    NOTIFICATIONS_DESTINATION,
+    USER_QUEUES,
+    room_of,
+)
+from chat_server.fanout import Fanout, Tap
+from chat_server.metrics import Metrics
+from chat_server.models import RoomId, UserId
+from chat_server.outlet import Outlet
+from chat_server.stomp.connection import StompConnection, Subscription
+from chat_server.stomp.errors import CloseCode
+from chat_server.stomp.frames import Frame
+
+_SEQ = re.compile(r"0|[1-9][0-9]{0,17}", re.ASCII)
+
+MayRead = Callable[[UserId, RoomId], Awaitable[bool]]
+
+
+@dataclass(slots=True, eq=False)
+class _Entry:
+    subscription: Subscription
+    #: The room feed it reads; None for a user queue.
+    tap: Tap | None = None
+
+
+class SubscriptionRegistry:
+    """Every subscription of one connection, in the order they were made.
+
+    The STOMP connection keeps the protocol's side of each (its id, its ack mode, unacked
+    messages); this keeps where it delivers. Both change together, only here.
+    """
+
+    def __init__(
+        self,
+        conn: StompConnection,
+        outlet: Outlet,
+        fanout: Fanout,
+        may_read: MayRead,
+        metrics: Metrics,
+    ) -> None:
+        self._conn = conn
+        self._outlet = outlet
+        self._fanout = fanout
+        self._may_read = may_read
+        self._gauge = metrics.subscriptions
+        self._entries: dict[str, _Entry] = {}
+        #: Ids the server ended (member removed), oldest first: the client's UNSUBSCRIBE of one
+        #: is answered, not refused (BAD_INPUTS P25). Bounded like the subscriptions themselves.
+        self._ended: dict[str, None] = {}
+        #: ROOM_REMOVED events seen per room, so a SUBSCRIBE whose membership check raced a
+        #: removal notices it (BAD_INPUTS A1/A8).
+        self._removals: dict[RoomId, int] = {}
+
+    def _first(self, destination: str) -> Subscription | None:
+        for entry in self._entries.values():
+            if entry.subscription.destination == destination:
+                return entry.subscription
+        return None
+
+    @property
+    def errors(self) -> Subscription | None:
+        """Where this connection's refused SENDs are reported, if it asked (Spring's way)."""
+        return self._first(ERRORS_DESTINATION)
+
+    @property
+    def notifications(self) -> Subscription | None:
+        return self._first(NOTIFICATIONS_DESTINATION)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # --- the client's frames ------------------------------------------------------------------
+
+    async def subscribe(self, frame: Frame, user: UserId) -> None:
+        destination = frame.get("destination") or ""
+        room_id = room_of(destination)
+        if room_id is None and destination not in USER_QUEUES:
+            raise self._conn.refuse(frame, "Unknown destination")
+        resume_after = self._resume_after(frame)
+        entry = self._add(self._conn.add_subscription(frame))
+        if room_id is None:
+            return
+        removals = self._removals.get(room_id, 0)
+        # Nothing of the room reaches this connection before the check: the tap attaches after.
+        allowed = await self._may_read(user, room_id)
+        if not allowed or self._removals.get(room_id, 0) != removals:
+            self._remove(entry)
+            raise self._conn.refuse(frame, "forbidden", CloseCode.POLICY_VIOLATION)
+        entry.tap = Tap(
+            room_id,
+            sink=partial(self._outlet.deliver, entry.subscription),  # lighter than a closure
+            drain=self._outlet.outbox.wait_drained,
+        )
+        await self._fanout.attach(entry.tap, resume_after)
+
+    def unsubscribe(self, frame: Frame) -> None:
+        sub_id = frame.get("id") or frame.get("destination") or ""
+        if sub_id not in self._entries and sub_id in self._ended:
+            del self._ended[sub_id]
+            return  # the server ended it already: nothing to undo, nothing to refuse
+        subscription = self._conn.remove_subscription(frame)
+        entry = self._entries.get(subscription.id)
+        if entry is not None:
+            self._remove(entry)
+
+    def _resume_after(self, frame: Frame) -> int | None:
+        raw = frame.get("x-resume-after")
+        if raw is None:
+            return None
+        if not _SEQ.fullmatch(raw):
+            raise self._conn.refuse(frame, "invalid x-resume-after")
+        return int(raw)
+
+    # --- the server's side --------------------------------------------------------------------
+
+    def room_removed(self, room_id: RoomId) -> None:
+        """The user left the room or was removed: end this connection's subscriptions to it."""
+        self._removals[room_id] = self._removals.get(room_id, 0) + 1
+        for entry in list(self._entries.values()):
+            if entry.tap is not None and entry.tap.room_id == room_id:
+                self._remove(entry)
+                self._ended[entry.subscription.id] = None
+                while len(self._ended) > self._conn.limits.max_subscriptions:
+                    del self._ended[next(iter(self._ended))]
+
+    def release(self) -> None:
+        """The connection is gone: stop every feed."""
+        for entry in list(self._entries.values()):
+            self._remove(entry)
+
+    def _add(self, subscription: Subscription) -> _Entry:
+        self._ended.pop(subscription.id, None)
+        entry = self._entries[subscription.id] = _Entry(subscription)
+        self._gauge.inc()
+        return entry
+
+    def _remove(self, entry: _Entry) -> None:
+        if self._entries.get(entry.subscription.id) is not entry:
+            return
+        del self._entries[entry.subscription.id]
+        self._gauge.dec()
+        if entry.tap is not None:
+            self._fanout.detach(entry.tap)
+        self._conn.drop_subscription(entry.subscription)
