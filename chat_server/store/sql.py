@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final
 
 from sqlalchemy import (
@@ -17,12 +16,10 @@ from sqlalchemy import (
     literal,
     select,
 )
-from sqlalchemy.dialects import postgresql as pg_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from chat_server.errors import RoomExists, RoomNotFound, StoreUnavailable
+from chat_server.errors import RoomExists, RoomNotFound
 from chat_server.models import (
     ChatMessage,
     NewMessage,
@@ -33,84 +30,20 @@ from chat_server.models import (
     UserId,
 )
 from chat_server.store.appends import Outcome, append_batch
+from chat_server.store.backend import Backend
+from chat_server.store.engine import (
+    POOL_TIMEOUT_S,
+    backend_for,
+    build_engine,
+    unavailable_on_failure,
+)
 from chat_server.store.rows import to_message
 from chat_server.store.schema import db_now_ms, messages, room_members, rooms
-from chat_server.store.sqlite import SQLITE_BEGIN_OPTION, SqliteWriter, install_sqlite_hooks
-from chat_server.store.urls import engine_url, sqlite_path
+
+__all__ = ["MAX_APPEND_BATCH", "SqlStore", "build_engine", "direct_key", "open_store"]
 
 #: Messages committed in one transaction at most (group commit under load).
 MAX_APPEND_BATCH: Final = 256
-#: Longest wait for a pooled connection before the request is refused (no unbounded queue);
-#: the default of the `db_acquire_timeout_s` setting.
-POOL_TIMEOUT_S: Final = 5.0
-#: PostgreSQL: connecting, and any one statement, may take at most this long.
-PG_CONNECT_TIMEOUT_S: Final = 5.0
-PG_COMMAND_TIMEOUT_S: Final = 30.0
-
-# What a broken, busy, full or unreachable database raises; `IntegrityError` is handled
-# before this wherever it has a domain meaning.
-_DATABASE_FAILURES: Final[tuple[type[BaseException], ...]] = (
-    SQLAlchemyError,
-    sqlite3.Error,
-    OSError,  # includes ConnectionError and TimeoutError
-)
-
-
-@contextmanager
-def unavailable_on_failure() -> Iterator[None]:
-    """Re-raise any database failure as `StoreUnavailable` (the cause stays chained)."""
-    try:
-        yield
-    except _DATABASE_FAILURES as exc:
-        # The message names the kind only: driver text may carry SQL and parameters.
-        raise StoreUnavailable(f"database unavailable ({type(exc).__name__})") from exc
-
-
-def build_engine(
-    database_url: str,
-    *,
-    pool_size: int = 10,
-    busy_timeout_ms: int = 5000,
-    foreign_keys: bool = True,
-    acquire_timeout_s: float = POOL_TIMEOUT_S,
-) -> AsyncEngine:
-    """An async engine for a contract `DATABASE_URL`, with our per-connection SQLite settings.
-
-    `foreign_keys=False` is for migrations only: SQLite batch table rebuilds would otherwise
-    cascade deletes into child tables.
-    """
-    url = engine_url(database_url)
-    path = sqlite_path(database_url)
-    if path is None:
-        return create_async_engine(
-            url,
-            pool_size=pool_size,
-            max_overflow=0,
-            pool_timeout=acquire_timeout_s,
-            # A connection broken by a restart or failover is replaced, not handed out.
-            pool_pre_ping=True,
-            connect_args={
-                "timeout": PG_CONNECT_TIMEOUT_S,
-                "command_timeout": PG_COMMAND_TIMEOUT_S,
-                "server_settings": {"application_name": "chat_server"},
-            },
-        )
-    with unavailable_on_failure():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(
-        url,
-        pool_size=pool_size,
-        max_overflow=0,
-        pool_timeout=acquire_timeout_s,
-        connect_args={"timeout": busy_timeout_ms / 1000},
-    )
-    install_sqlite_hooks(engine.sync_engine, busy_timeout_ms, foreign_keys)
-    return engine
-
-
-def for_writes(engine: AsyncEngine) -> AsyncEngine:
-    """The same engine (and pool), whose transactions start with `BEGIN IMMEDIATE` on SQLite."""
-    return engine.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
 
 
 def direct_key(a: UserId, b: UserId) -> str:
@@ -144,15 +77,8 @@ def _room_not_found(room_id: RoomId) -> RoomNotFound:
 class SqlStore:
     """Rooms, members and numbered messages in SQLite or PostgreSQL."""
 
-    def __init__(self, engine: AsyncEngine, sqlite_writer: SqliteWriter | None = None) -> None:
-        self._engine = engine
-        #: SQLite: appends commit in a thread of their own, one trip per batch.
-        self._sqlite_writer = sqlite_writer
-        self._writer = for_writes(engine)
-        self._is_sqlite = engine.dialect.name == "sqlite"
-        # SQLite has one writer at a time anyway: queueing this process's writers here spares
-        # them the busy handler's sleep-and-retry. BEGIN IMMEDIATE still orders other processes.
-        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self._is_sqlite else None
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
         self._appends: list[tuple[NewMessage, asyncio.Future[PostResult]]] = []
         self._appender: asyncio.Task[None] | None = None
         #: Told the size of each batch of appends committed together (a metrics hook).
@@ -160,22 +86,16 @@ class SqlStore:
 
     @property
     def engine(self) -> AsyncEngine:
-        return self._engine
+        return self._backend.engine
 
     @asynccontextmanager
     async def _reading(self) -> AsyncIterator[AsyncConnection]:
-        async with self._engine.connect() as conn:
+        async with self._backend.engine.connect() as conn:
             yield conn
 
-    @asynccontextmanager
-    async def _writing(self) -> AsyncIterator[AsyncConnection]:
+    def _writing(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """One write transaction: committed on exit, rolled back on any exception."""
-        if self._write_lock is None:
-            async with self._writer.begin() as conn:
-                yield conn
-        else:
-            async with self._write_lock, self._writer.begin() as conn:
-                yield conn
+        return self._backend.writing()
 
     # --- rooms -------------------------------------------------------------------------------
 
@@ -322,10 +242,7 @@ class SqlStore:
 
     async def add_member(self, room_id: RoomId, user: UserId) -> Room:
         values = {"room_id": room_id, "user_id": user, "joined_at_ms": db_now_ms()}
-        dialect_insert = sqlite_dialect.insert if self._is_sqlite else pg_dialect.insert
-        # ON CONFLICT DO NOTHING: adding a member twice is a no-op, with no failed statement
-        # (which would abort the whole transaction on PostgreSQL).
-        add = dialect_insert(room_members).values(values).on_conflict_do_nothing()
+        add = self._backend.insert_if_absent(room_members, values)  # twice is a no-op
         with unavailable_on_failure():
             async with self._writing() as conn:
                 if await conn.scalar(select(rooms.c.id).where(rooms.c.id == room_id)) is None:
@@ -387,12 +304,7 @@ class SqlStore:
         # Rooms are locked before clientMessageIds are looked up (appends.py), so no unique
         # violation can race us; any failure here leaves the batch unstored and unreceipted.
         with unavailable_on_failure():
-            if self._sqlite_writer is not None:
-                assert self._write_lock is not None
-                async with self._write_lock:
-                    return await self._sqlite_writer.run(append_batch, batch)
-            async with self._writing() as conn:
-                return await conn.run_sync(append_batch, batch)
+            return await self._backend.run_append(append_batch, batch)
 
     async def messages(
         self,
@@ -446,9 +358,7 @@ class SqlStore:
     async def close(self) -> None:
         if self._appender is not None and not self._appender.done():
             await self._appender  # answer every queued SEND before the pool goes
-        if self._sqlite_writer is not None:
-            await self._sqlite_writer.close()
-        await self._engine.dispose()
+        await self._backend.close()
 
 
 async def open_store(
@@ -457,24 +367,17 @@ async def open_store(
     pool_size: int = 10,
     busy_timeout_ms: int = 5000,
     acquire_timeout_s: float = POOL_TIMEOUT_S,
-    migrate: bool = False,
 ) -> SqlStore:
-    """A `SqlStore` for a contract `DATABASE_URL`; `migrate=True` first applies migrations.
+    """A `SqlStore` for a contract `DATABASE_URL` whose schema is already migrated
+    (`chat_server.store.migrate.migrate`); nothing connects until the first call.
 
-    Raises ValueError for an unsupported URL and `StoreUnavailable` when `migrate` cannot
-    reach the database. Without `migrate` nothing connects until the first call.
+    Raises ValueError for an unsupported URL and `StoreUnavailable` when a SQLite file's
+    directory cannot be made.
     """
-    if migrate:
-        # Imported here: Alembic is only needed when migrating (and migrate.py uses this module).
-        from chat_server.store.migrate import migrate as apply_migrations
-
-        await apply_migrations(database_url, busy_timeout_ms=busy_timeout_ms)
-    engine = build_engine(
+    backend = backend_for(
         database_url,
         pool_size=pool_size,
         busy_timeout_ms=busy_timeout_ms,
         acquire_timeout_s=acquire_timeout_s,
     )
-    path = sqlite_path(database_url)
-    writer = None if path is None else SqliteWriter(str(path), busy_timeout_ms)
-    return SqlStore(engine, writer)
+    return SqlStore(backend)

@@ -16,6 +16,7 @@ from sqlalchemy import event
 from chat_server.errors import NotAMember, RoomExists, RoomNotFound, StoreUnavailable
 from chat_server.models import NewMessage, Room, RoomId, RoomKind, UserId
 from chat_server.store.base import MessageStore
+from chat_server.store.migrate import migrate
 from chat_server.store.sql import SqlStore, open_store
 from chat_server.store.urls import sqlite_path
 
@@ -474,4 +475,4 @@ async def test_unusable_database_directory_gives_store_unavailable(
     with pytest.raises(StoreUnavailable):
         await open_store(url)
     with pytest.raises(StoreUnavailable):
-        await open_store(url, migrate=True)
+        await migrate(url)
