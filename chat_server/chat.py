@@ -61,9 +61,8 @@ class ChatService:
         """`post` in two steps: the message is queued for storing now, in call order, and the
         returned awaitable finishes the post. Await each one: that is where it is published."""
         stored = self._store.append_message(
-            NewMessage(
-                draft.room_id, sender, draft.content, draft.client_message_id, headers, chain
-            )
+            NewMessage(draft.room_id, sender, draft.content, draft.client_message_id, headers),
+            chain,
         )
         return self._publish_stored(draft.room_id, stored)
 

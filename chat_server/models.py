@@ -50,17 +50,14 @@ class Room:
         }
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(frozen=True, slots=True)
 class SendChain:
-    """One connection's SENDs queued for storing without waiting for each other's commit.
+    """One connection's burst of pipelined SENDs, named so the group commit can stop it.
+    Once one append of a chain fails (refused with stop_on_refusal, or its transaction failed),
+    the appends of the same chain still queued behind it are answered NotStored unstored."""
 
-    Once one of them fails (refused with `stop_on_refusal`, or its transaction failed), the
-    store drops the ones queued behind it: nothing is stored that a connection sending one
-    SEND at a time would not have stored.
-    """
-
+    id: int
     stop_on_refusal: bool = True
-    broken: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +69,6 @@ class NewMessage:
     content: str
     client_message_id: str | None = None
     headers: UserHeaders = ()
-    chain: SendChain | None = None
 
 
 @dataclass(frozen=True, slots=True)

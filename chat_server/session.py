@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import re
 import time
@@ -53,6 +54,9 @@ NOTIFICATIONS_DESTINATION = "/user/queue/notifications"
 _ROOM_DESTINATION = re.compile(r"/queue/chat-rooms/([1-9][0-9]{0,17})", re.ASCII)
 _SEQ = re.compile(r"0|[1-9][0-9]{0,17}", re.ASCII)
 _JSON_TYPES = ("application/json",)
+# Stopgap until the STOMP side names its chains: ids unique within the process (the group
+# commit keys broken chains by id).
+_CHAIN_IDS = itertools.count(1)
 
 
 def room_of(destination: str) -> RoomId | None:
@@ -400,7 +404,7 @@ class Session:
         if self._chain is None:
             # One chain until the next non-SEND frame. Once broken it stays broken: whatever
             # this connection sends after a failure is dropped, however late it is read.
-            self._chain = SendChain(stop_on_refusal=self._errors_sub is None)
+            self._chain = SendChain(next(_CHAIN_IDS), stop_on_refusal=self._errors_sub is None)
         draft, headers = prepared
         stored = self._chat.submit(self._require_user(), draft, headers, self._chain)
         self._sends.append((frame, stored))

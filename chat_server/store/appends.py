@@ -15,7 +15,15 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
 from chat_server.errors import ChatError, NotAMember, NotStored, RoomNotFound
-from chat_server.models import ChatMessage, MessageId, NewMessage, PostResult, RoomId, UserId
+from chat_server.models import (
+    ChatMessage,
+    MessageId,
+    NewMessage,
+    PostResult,
+    RoomId,
+    SendChain,
+    UserId,
+)
 from chat_server.store.rows import encode_headers, to_message
 from chat_server.store.schema import db_now_ms, messages, room_members, rooms
 
@@ -47,6 +55,8 @@ _INSERT = insert(messages).returning(messages.c.id, sort_by_parameter_order=True
 
 #: What one queued append turns into: its result, or the refusal to raise to its sender.
 Outcome = PostResult | ChatError
+#: One queued append: the message, and the connection's chain it belongs to (if any).
+Append = tuple[NewMessage, SendChain | None]
 RetryKey = tuple[RoomId, UserId, str]
 
 
@@ -61,8 +71,12 @@ class _Plan:
     echoes: list[tuple[int, RetryKey]] = field(default_factory=list)
 
 
-def append_batch(conn: Connection, batch: Sequence[NewMessage]) -> list[Outcome]:
-    """Number and insert `batch` inside the caller's transaction; outcomes in batch order.
+def append_batch(conn: Connection, appends: Sequence[Append]) -> list[Outcome]:
+    """Number and insert `appends` inside the caller's transaction; outcomes in their order.
+
+    A chain with `stop_on_refusal` stops at its first refusal: its appends after that one in
+    this batch are `NotStored`. The inputs are not changed; the caller reads broken chains off
+    the outcomes.
 
     Synchronous, so that a transaction can run whole in a database thread (SQLite) or through
     `AsyncConnection.run_sync` (PostgreSQL).
@@ -71,9 +85,10 @@ def append_batch(conn: Connection, batch: Sequence[NewMessage]) -> list[Outcome]
     write lock is already held), so two workers' batches never deadlock, and retried
     `client_message_id`s are looked up under those locks: no unique violation is left to race.
     """
+    batch = [message for message, _ in appends]
     room_ids = sorted({message.room_id for message in batch})
     existing = set(conn.scalars(_LOCK_ROOMS, {"room_ids": room_ids}))
-    plan = _plan(conn, batch, existing)
+    plan = _plan(conn, appends, existing)
     inserted = _insert(conn, batch, plan.fresh) if plan.fresh else {}
     by_key: dict[RetryKey, ChatMessage] = {}
     for index, message in inserted.items():
@@ -87,9 +102,8 @@ def append_batch(conn: Connection, batch: Sequence[NewMessage]) -> list[Outcome]
     return answers
 
 
-def _plan(
-    conn: Connection, batch: Sequence[NewMessage], existing: set[RoomId]
-) -> _Plan:
+def _plan(conn: Connection, appends: Sequence[Append], existing: set[RoomId]) -> _Plan:
+    batch = [message for message, _ in appends]
     plan = _Plan([None] * len(batch))
     members = {
         (RoomId(row.room_id), UserId(row.user_id))
@@ -100,14 +114,15 @@ def _plan(
     }
     stored = _stored_retries(conn, batch, existing)
     first_in_batch: set[RetryKey] = set()
-    for index, message in enumerate(batch):
-        room, cmid, chain = message.room_id, message.client_message_id, message.chain
-        if chain is not None and chain.broken:
+    stopped: set[int] = set()  # chains refused earlier in this batch
+    for index, (message, chain) in enumerate(appends):
+        room, cmid = message.room_id, message.client_message_id
+        if chain is not None and chain.id in stopped:
             plan.outcomes[index] = NotStored("an earlier SEND on this connection failed")
         elif (refusal := _refusal(message, existing, members)) is not None:
             plan.outcomes[index] = refusal
             if chain is not None and chain.stop_on_refusal:
-                chain.broken = True
+                stopped.add(chain.id)
         elif cmid is None:
             plan.fresh[room].append(index)
         elif (key := (room, message.sender_id, cmid)) in stored:

@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Collection, Sequence
 from typing import Protocol
 
-from chat_server.models import ChatMessage, NewMessage, PostResult, Room, RoomId, UserId
+from chat_server.models import (
+    ChatMessage,
+    NewMessage,
+    PostResult,
+    Room,
+    RoomId,
+    SendChain,
+    UserId,
+)
 
 
 class MessageStore(Protocol):
@@ -41,11 +49,14 @@ class MessageStore(Protocol):
         """True if the user was a member."""
         ...
 
-    def append_message(self, message: NewMessage) -> Awaitable[PostResult]:
+    def append_message(
+        self, message: NewMessage, chain: SendChain | None = None
+    ) -> Awaitable[PostResult]:
         """Store a message, numbering it with the room's next `seq` in the same transaction.
 
         Queued at the call, so one caller's messages are stored in call order; the awaitable
-        is done only after the transaction committed (or failed).
+        is done only after the transaction committed (or failed). Once an append of `chain`
+        failed, the appends of that chain queued behind it fail with `NotStored`, unstored.
 
         A retried `client_message_id` (same room and sender) returns the stored row with
         `created=False` and uses no `seq`. `RoomNotFound` / `NotAMember` refuse it.

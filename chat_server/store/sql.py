@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Final
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -27,9 +27,10 @@ from chat_server.models import (
     Room,
     RoomId,
     RoomKind,
+    SendChain,
     UserId,
 )
-from chat_server.store.appends import Outcome, append_batch
+from chat_server.store.appends import Append, Outcome, append_batch
 from chat_server.store.backend import Backend
 from chat_server.store.engine import (
     POOL_TIMEOUT_S,
@@ -37,25 +38,18 @@ from chat_server.store.engine import (
     build_engine,
     unavailable_on_failure,
 )
+from chat_server.store.group_commit import GroupCommit
 from chat_server.store.rows import to_message
 from chat_server.store.schema import db_now_ms, messages, room_members, rooms
 
-__all__ = ["MAX_APPEND_BATCH", "SqlStore", "build_engine", "direct_key", "open_store"]
-
-#: Messages committed in one transaction at most (group commit under load).
-MAX_APPEND_BATCH: Final = 256
+# build_engine is re-exported: tests outside the store import it from here.
+__all__ = ["SqlStore", "build_engine", "direct_key", "open_store"]
 
 
 def direct_key(a: UserId, b: UserId) -> str:
     """The normalised pair that makes a direct room unique in the schema."""
     low, high = sorted((a, b))
     return f"{low}\n{high}"
-
-
-
-
-
-
 
 
 def _to_room(row: Row[Any], member_ids: Iterable[str]) -> Room:
@@ -79,10 +73,16 @@ class SqlStore:
 
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
-        self._appends: list[tuple[NewMessage, asyncio.Future[PostResult]]] = []
-        self._appender: asyncio.Task[None] | None = None
-        #: Told the size of each batch of appends committed together (a metrics hook).
-        self.observe_batch: Callable[[int], None] = lambda _size: None
+        self._appends = GroupCommit(self._commit_batch)
+
+    @property
+    def observe_batch(self) -> Callable[[int], None]:
+        """Told the size of each batch of appends committed together (a metrics hook)."""
+        return self._appends.observe_batch
+
+    @observe_batch.setter
+    def observe_batch(self, observe: Callable[[int], None]) -> None:
+        self._appends.observe_batch = observe
 
     @property
     def engine(self) -> AsyncEngine:
@@ -265,46 +265,17 @@ class SqlStore:
 
     # --- messages ----------------------------------------------------------------------------
 
-    def append_message(self, message: NewMessage) -> asyncio.Future[PostResult]:
+    def append_message(
+        self, message: NewMessage, chain: SendChain | None = None
+    ) -> asyncio.Future[PostResult]:
         """Queued now for the next group commit; the future is done once that commit is."""
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[PostResult] = loop.create_future()
-        self._appends.append((message, answer))
-        if self._appender is None or self._appender.done():
-            self._appender = loop.create_task(self._append_queued())
-        return answer
+        return self._appends.append(message, chain)
 
-    async def _append_queued(self) -> None:
-        """Commit what queued up, in order, while the previous commit ran: one transaction
-        and one fsync for many SENDs under load, a batch of one when idle."""
-        while self._appends:
-            batch = self._appends[:MAX_APPEND_BATCH]
-            del self._appends[:MAX_APPEND_BATCH]
-            self.observe_batch(len(batch))
-            try:
-                outcomes = await self._commit_batch([message for message, _ in batch])
-            except BaseException as exc:
-                for message, answer in batch:
-                    if message.chain is not None:
-                        message.chain.broken = True  # outcome unknown: store nothing after it
-                    if not answer.done():
-                        answer.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                continue
-            for (_, answer), outcome in zip(batch, outcomes, strict=True):
-                if answer.done():
-                    continue  # its sender went away; the message is stored all the same
-                if isinstance(outcome, PostResult):
-                    answer.set_result(outcome)
-                else:
-                    answer.set_exception(outcome)
-
-    async def _commit_batch(self, batch: list[NewMessage]) -> list[Outcome]:
+    async def _commit_batch(self, appends: Sequence[Append]) -> list[Outcome]:
         # Rooms are locked before clientMessageIds are looked up (appends.py), so no unique
         # violation can race us; any failure here leaves the batch unstored and unreceipted.
         with unavailable_on_failure():
-            return await self._backend.run_append(append_batch, batch)
+            return await self._backend.run_append(append_batch, appends)
 
     async def messages(
         self,
@@ -356,8 +327,7 @@ class SqlStore:
                 await conn.execute(select(1))
 
     async def close(self) -> None:
-        if self._appender is not None and not self._appender.done():
-            await self._appender  # answer every queued SEND before the pool goes
+        await self._appends.close()  # answer every queued SEND before the pool goes
         await self._backend.close()
 
 
