@@ -6,7 +6,7 @@ import logging
 from collections.abc import Awaitable
 
 from chat_server.broker.base import Broker, room_topic, user_topic
-from chat_server.errors import Forbidden, NotAMember, RoomNotFound, ValidationFailed
+from chat_server.errors import Forbidden, RoomNotFound, ValidationFailed
 from chat_server.metrics import Metrics
 from chat_server.models import (
     ChatMessage,
@@ -69,11 +69,7 @@ class ChatService:
     async def _publish_stored(
         self, room_id: RoomId, stored: Awaitable[PostResult]
     ) -> PostResult:
-        try:
-            result = await stored
-        except RoomNotFound:
-            # Refuse a missing room exactly like someone else's room: existence never leaks.
-            raise NotAMember(f"not a member of room {room_id}") from None
+        result = await stored
         if result.created:
             self._metrics.messages_stored.inc()
             await self._publish(room_topic(room_id), encode_envelope(result.message))

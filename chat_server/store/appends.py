@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
-from chat_server.errors import ChatError, NotAMember, NotStored, RoomNotFound
+from chat_server.errors import ChatError, NotAMember, NotStored
 from chat_server.models import (
     ChatMessage,
     MessageId,
@@ -119,7 +119,7 @@ def _plan(conn: Connection, appends: Sequence[Append], existing: set[RoomId]) ->
         room, cmid = message.room_id, message.client_message_id
         if chain is not None and chain.id in stopped:
             plan.outcomes[index] = NotStored("an earlier SEND on this connection failed")
-        elif (refusal := _refusal(message, existing, members)) is not None:
+        elif (refusal := _refusal(message, members)) is not None:
             plan.outcomes[index] = refusal
             if chain is not None and chain.stop_on_refusal:
                 stopped.add(chain.id)
@@ -135,11 +135,9 @@ def _plan(conn: Connection, appends: Sequence[Append], existing: set[RoomId]) ->
     return plan
 
 
-def _refusal(
-    message: NewMessage, existing: set[RoomId], members: set[tuple[RoomId, UserId]]
-) -> ChatError | None:
-    if message.room_id not in existing:
-        return RoomNotFound("room not found", {"roomId": message.room_id})
+def _refusal(message: NewMessage, members: set[tuple[RoomId, UserId]]) -> ChatError | None:
+    """The one membership rule: a room that does not exist has no members, so it is refused
+    exactly like someone else's room and nothing reveals whether a room exists."""
     if (message.room_id, message.sender_id) not in members:
         return NotAMember("not a member of this room", {"roomId": message.room_id})
     return None

@@ -59,7 +59,8 @@ class MessageStore(Protocol):
         failed, the appends of that chain queued behind it fail with `NotStored`, unstored.
 
         A retried `client_message_id` (same room and sender) returns the stored row with
-        `created=False` and uses no `seq`. `RoomNotFound` / `NotAMember` refuse it.
+        `created=False` and uses no `seq`. `NotAMember` refuses it, for a room that does not
+        exist just as for someone else's room.
         """
         ...
 

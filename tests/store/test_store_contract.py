@@ -236,8 +236,8 @@ async def test_client_message_id_is_scoped_to_the_sender_and_room(
     assert len({result.message.id for result in results}) == 3
 
 
-async def test_append_to_unknown_room_raises_room_not_found(store: SqlStore) -> None:
-    with pytest.raises(RoomNotFound):
+async def test_append_to_unknown_room_is_refused_like_a_stranger_s_room(store: SqlStore) -> None:
+    with pytest.raises(NotAMember):
         await store.append_message(NewMessage(RoomId(999), ALICE, "hello?"))
 
 
