@@ -1,9 +1,4 @@
-"""Appending messages in batches: many SENDs, one transaction, five statements in all.
-
-Under load the store commits whatever queued up while the previous commit ran (group
-commit): one fsync and a fixed number of statements per batch instead of per message, and
-each sender is still answered only after the commit that made its message durable.
-"""
+"""`append_batch`: number and insert one batch of messages in one transaction, five statements."""
 
 from __future__ import annotations
 

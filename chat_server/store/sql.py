@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from contextlib import asynccontextmanager
 
 from sqlalchemy import (
     BigInteger,
-    Row,
     Text,
     delete,
     insert,
@@ -39,29 +37,11 @@ from chat_server.store.engine import (
     unavailable_on_failure,
 )
 from chat_server.store.group_commit import GroupCommit
-from chat_server.store.rows import to_message
+from chat_server.store.rows import direct_key, to_message, to_room
 from chat_server.store.schema import db_now_ms, messages, room_members, rooms
 
 # build_engine is re-exported: tests outside the store import it from here.
-__all__ = ["SqlStore", "build_engine", "direct_key", "open_store"]
-
-
-def direct_key(a: UserId, b: UserId) -> str:
-    """The normalised pair that makes a direct room unique in the schema."""
-    low, high = sorted((a, b))
-    return f"{low}\n{high}"
-
-
-def _to_room(row: Row[Any], member_ids: Iterable[str]) -> Room:
-    return Room(
-        id=RoomId(row.id),
-        kind=RoomKind(row.kind),
-        name=row.name,
-        created_by=UserId(row.created_by),
-        member_ids=tuple(sorted(UserId(member) for member in member_ids)),
-        created_at_ms=row.created_at_ms,
-        last_activity_ms=row.last_activity_ms,
-    )
+__all__ = ["SqlStore", "build_engine", "open_store"]
 
 
 def _room_not_found(room_id: RoomId) -> RoomNotFound:
@@ -93,10 +73,6 @@ class SqlStore:
         async with self._backend.engine.connect() as conn:
             yield conn
 
-    def _writing(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        """One write transaction: committed on exit, rolled back on any exception."""
-        return self._backend.writing()
-
     # --- rooms -------------------------------------------------------------------------------
 
     async def _load_room(self, conn: AsyncConnection, room_id: RoomId) -> Room | None:
@@ -106,7 +82,7 @@ class SqlStore:
         members = await conn.scalars(
             select(room_members.c.user_id).where(room_members.c.room_id == room_id)
         )
-        return _to_room(row, members.all())
+        return to_room(row, members.all())
 
     async def _insert_room(
         self,
@@ -149,7 +125,7 @@ class SqlStore:
                 for member in member_ids
             ],
         )
-        return _to_room(row, member_ids)
+        return to_room(row, member_ids)
 
     async def _direct_room_id(self, conn: AsyncConnection, key: str) -> RoomId | None:
         found = await conn.scalar(select(rooms.c.id).where(rooms.c.direct_key == key))
@@ -161,7 +137,7 @@ class SqlStore:
         key = direct_key(creator, other)
         with unavailable_on_failure():
             try:
-                async with self._writing() as conn:
+                async with self._backend.writing() as conn:
                     existing = await self._direct_room_id(conn, key)
                     if existing is not None:
                         raise RoomExists(existing)
@@ -187,7 +163,7 @@ class SqlStore:
     ) -> Room:
         members = list(dict.fromkeys([creator, *member_ids]))
         with unavailable_on_failure():
-            async with self._writing() as conn:
+            async with self._backend.writing() as conn:
                 return await self._insert_room(
                     conn,
                     kind=RoomKind.GROUP,
@@ -223,7 +199,7 @@ class SqlStore:
         members: dict[int, list[str]] = {}
         for member in member_rows:
             members.setdefault(member.room_id, []).append(member.user_id)
-        return [_to_room(row, members.get(row.id, ())) for row in room_rows]
+        return [to_room(row, members.get(row.id, ())) for row in room_rows]
 
     # --- membership --------------------------------------------------------------------------
 
@@ -244,7 +220,7 @@ class SqlStore:
         values = {"room_id": room_id, "user_id": user, "joined_at_ms": db_now_ms()}
         add = self._backend.insert_if_absent(room_members, values)  # twice is a no-op
         with unavailable_on_failure():
-            async with self._writing() as conn:
+            async with self._backend.writing() as conn:
                 if await conn.scalar(select(rooms.c.id).where(rooms.c.id == room_id)) is None:
                     raise _room_not_found(room_id)
                 await conn.execute(add)
@@ -255,7 +231,7 @@ class SqlStore:
 
     async def remove_member(self, room_id: RoomId, user: UserId) -> bool:
         with unavailable_on_failure():
-            async with self._writing() as conn:
+            async with self._backend.writing() as conn:
                 result = await conn.execute(
                     delete(room_members).where(
                         room_members.c.room_id == room_id, room_members.c.user_id == user
