@@ -127,10 +127,12 @@ async def _seed(database_url: str, layout: Layout) -> None:
     from sqlalchemy import insert
 
     from chat_server.models import RoomId, RoomKind, UserId
+    from chat_server.store.migrate import migrate
     from chat_server.store.schema import room_members, rooms
     from chat_server.store.sql import open_store
 
-    store = await open_store(database_url, migrate=True)
+    await migrate(database_url)
+    store = await open_store(database_url)
     try:
         now = int(time.time() * 1000)
         room_rows: list[dict[str, object]] = []

@@ -14,6 +14,7 @@ from chat_server.broker.memory import MemoryBroker
 from chat_server.fanout import Delivery, Fanout, Tap
 from chat_server.metrics import Metrics
 from chat_server.models import ChatMessage, NewMessage, RoomId, UserId, encode_envelope
+from chat_server.store.migrate import migrate
 from chat_server.store.sql import SqlStore, open_store
 
 WAIT_S = 3.0
@@ -37,7 +38,9 @@ class Seen:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[SqlStore]:
-    opened = await open_store(f"sqlite:///{tmp_path}/fanout.db", migrate=True)
+    url = f"sqlite:///{tmp_path}/fanout.db"
+    await migrate(url)
+    opened = await open_store(url)
     yield opened
     await opened.close()
 

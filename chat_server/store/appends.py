@@ -1,9 +1,4 @@
-"""Appending messages in batches: many SENDs, one transaction, five statements in all.
-
-Under load the store commits whatever queued up while the previous commit ran (group
-commit): one fsync and a fixed number of statements per batch instead of per message, and
-each sender is still answered only after the commit that made its message durable.
-"""
+"""`append_batch`: number and insert one batch of messages in one transaction, five statements."""
 
 from __future__ import annotations
 
@@ -55,6 +50,8 @@ _INSERT = insert(messages).returning(messages.c.id, sort_by_parameter_order=True
 
 #: What one queued append turns into: its result, or the refusal to raise to its sender.
 Outcome = PostResult | ChatError
+#: One queued append: the message, and the connection's chain it belongs to (if any).
+Append = tuple[NewMessage, SendChain | None]
 RetryKey = tuple[RoomId, UserId, str]
 
 
@@ -69,13 +66,12 @@ class _Plan:
     echoes: list[tuple[int, RetryKey]] = field(default_factory=list)
 
 
-Append = tuple[NewMessage, SendChain | None]
+def append_batch(conn: Connection, appends: Sequence[Append]) -> list[Outcome]:
+    """Number and insert `appends` inside the caller's transaction; outcomes in their order.
 
-
-def append_batch(
-    conn: Connection, work: tuple[Sequence[Append], frozenset[int]]
-) -> list[Outcome]:
-    """Number and insert `batch` inside the caller's transaction; outcomes in batch order.
+    A chain with `stop_on_refusal` stops at its first refusal: its appends after that one in
+    this batch are `NotStored`. The inputs are not changed; the caller reads broken chains off
+    the outcomes.
 
     Synchronous, so that a transaction can run whole in a database thread (SQLite) or through
     `AsyncConnection.run_sync` (PostgreSQL).
@@ -84,11 +80,10 @@ def append_batch(
     write lock is already held), so two workers' batches never deadlock, and retried
     `client_message_id`s are looked up under those locks: no unique violation is left to race.
     """
-    appends, broken = work
     batch = [message for message, _ in appends]
     room_ids = sorted({message.room_id for message in batch})
     existing = set(conn.scalars(_LOCK_ROOMS, {"room_ids": room_ids}))
-    plan = _plan(conn, appends, existing, set(broken))
+    plan = _plan(conn, appends, existing)
     inserted = _insert(conn, batch, plan.fresh) if plan.fresh else {}
     by_key: dict[RetryKey, ChatMessage] = {}
     for index, message in inserted.items():
@@ -102,9 +97,7 @@ def append_batch(
     return answers
 
 
-def _plan(
-    conn: Connection, appends: Sequence[Append], existing: set[RoomId], broken: set[int]
-) -> _Plan:
+def _plan(conn: Connection, appends: Sequence[Append], existing: set[RoomId]) -> _Plan:
     batch = [message for message, _ in appends]
     plan = _Plan([None] * len(batch))
     members = {
@@ -116,14 +109,15 @@ def _plan(
     }
     stored = _stored_retries(conn, batch, existing)
     first_in_batch: set[RetryKey] = set()
+    stopped: set[int] = set()  # chains refused earlier in this batch
     for index, (message, chain) in enumerate(appends):
         room, cmid = message.room_id, message.client_message_id
-        if chain is not None and chain.id in broken:
+        if chain is not None and chain.id in stopped:
             plan.outcomes[index] = NotStored("an earlier SEND on this connection failed")
-        elif (refusal := _refusal(message, existing, members)) is not None:
+        elif (refusal := _refusal(message, members)) is not None:
             plan.outcomes[index] = refusal
             if chain is not None and chain.stop_on_refusal:
-                broken.add(chain.id)
+                stopped.add(chain.id)
         elif cmid is None:
             plan.fresh[room].append(index)
         elif (key := (room, message.sender_id, cmid)) in stored:
@@ -136,10 +130,9 @@ def _plan(
     return plan
 
 
-def _refusal(
-    message: NewMessage, existing: set[RoomId], members: set[tuple[RoomId, UserId]]
-) -> ChatError | None:
-    # A room that does not exist is refused like one the sender is not in: existence never leaks.
+def _refusal(message: NewMessage, members: set[tuple[RoomId, UserId]]) -> ChatError | None:
+    """The one membership rule: a room that does not exist has no members, so it is refused
+    exactly like someone else's room and nothing reveals whether a room exists."""
     if (message.room_id, message.sender_id) not in members:
         return NotAMember("not a member of this room", {"roomId": message.room_id})
     return None

@@ -55,11 +55,13 @@ class MessageStore(Protocol):
     ) -> asyncio.Future[PostResult]:
         """Store a message, numbering it with the room's next `seq` in the same transaction.
 
-        Queued at the call, so one caller's messages are stored in call order; the awaitable
-        is done only after the transaction committed (or failed).
+        Queued at the call, so one caller's messages are stored in call order; the future
+        is done only after the transaction committed (or failed). Once an append of `chain`
+        failed, the appends of that chain queued behind it fail with `NotStored`, unstored.
 
         A retried `client_message_id` (same room and sender) returns the stored row with
-        `created=False` and uses no `seq`. `RoomNotFound` / `NotAMember` refuse it.
+        `created=False` and uses no `seq`. `NotAMember` refuses it, for a room that does not
+        exist just as for someone else's room.
         """
         ...
 

@@ -9,15 +9,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from chat_server.store.sql import build_engine, for_writes, unavailable_on_failure
+from chat_server.store.engine import backend_for, unavailable_on_failure
 
 MIGRATIONS_DIR: Final = pathlib.Path(__file__).resolve().parent / "migrations"
-
-# pg_advisory_xact_lock key: workers that start together migrate one after another.
-_PG_MIGRATION_LOCK: Final = 0x63686174_6D696772  # "chatmigr"
 
 
 def alembic_config() -> Config:
@@ -51,23 +47,17 @@ async def migrate(database_url: str, *, busy_timeout_ms: int = 5000) -> None:
     Raises `StoreUnavailable` when the database cannot be reached or written.
     """
     # Foreign keys off on SQLite: batch migrations rebuild tables, and dropping the old copy
-    # would otherwise cascade deletes into child tables. foreign_key_check verifies after.
-    engine = build_engine(
+    # would otherwise cascade deletes into child tables; the backend verifies them after.
+    backend = backend_for(
         database_url, pool_size=1, busy_timeout_ms=busy_timeout_ms, foreign_keys=False
     )
     try:
         with unavailable_on_failure():
             # One transaction for the whole upgrade (both databases have transactional DDL),
             # begun IMMEDIATE on SQLite so that concurrent migrators queue instead of failing.
-            async with for_writes(engine).begin() as conn:
-                if conn.dialect.name == "postgresql":
-                    await conn.execute(
-                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
-                    )
+            async with backend.writing() as conn:
+                await backend.before_migration(conn)
                 await conn.run_sync(_upgrade)
-                if conn.dialect.name == "sqlite":
-                    broken = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all()
-                    if broken:
-                        raise RuntimeError(f"migration left dangling foreign keys: {broken!r}")
+                await backend.after_migration(conn)
     finally:
-        await engine.dispose()
+        await backend.close()

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 from sqlalchemy import Row
 
-from chat_server.models import ChatMessage, MessageId, RoomId, UserHeaders, UserId
+from chat_server.models import (
+    ChatMessage,
+    MessageId,
+    Room,
+    RoomId,
+    RoomKind,
+    UserHeaders,
+    UserId,
+)
 
 
 def encode_headers(headers: UserHeaders) -> str:
@@ -29,3 +38,21 @@ def to_message(row: Row[Any]) -> ChatMessage:
         client_message_id=row.client_message_id,
         headers=decode_headers(row.headers),
     )
+
+
+def to_room(row: Row[Any], member_ids: Iterable[str]) -> Room:
+    return Room(
+        id=RoomId(row.id),
+        kind=RoomKind(row.kind),
+        name=row.name,
+        created_by=UserId(row.created_by),
+        member_ids=tuple(sorted(UserId(member) for member in member_ids)),
+        created_at_ms=row.created_at_ms,
+        last_activity_ms=row.last_activity_ms,
+    )
+
+
+def direct_key(a: UserId, b: UserId) -> str:
+    """The normalised pair that makes a direct room unique in the schema (`rooms.direct_key`)."""
+    low, high = sorted((a, b))
+    return f"{low}\n{high}"

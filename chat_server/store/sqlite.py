@@ -1,4 +1,4 @@
-"""SQLite specifics: each connection's settings, and the thread that commits appends.
+"""SQLite specifics: `SqliteBackend`, connection settings, and the thread that commits appends.
 
 Through aiosqlite every statement is a round trip between the event loop and aiosqlite's
 thread, and under load each trip waits for the loop to come round: a batch of appends spent
@@ -11,13 +11,17 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import pathlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from typing import Any, Final, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Insert, Table, create_engine, event
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 #: Execution option naming the `BEGIN` flavour our SQLite `begin` hook emits.
 SQLITE_BEGIN_OPTION: Final = "chat_server_sqlite_begin"
@@ -129,3 +133,74 @@ class SqliteWriter:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._thread, self._dispose)
         self._thread.shutdown(wait=True)
+
+
+class SqliteBackend:
+    """SQLite: reads through aiosqlite's pool, writes one at a time per process, and appends
+    committed whole in a `SqliteWriter` thread.
+
+    SQLite has one writer at a time anyway: queueing this process's writers on an asyncio lock
+    spares them the busy handler's sleep-and-retry. `BEGIN IMMEDIATE` still orders other
+    processes.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        path: pathlib.Path,
+        *,
+        pool_size: int,
+        busy_timeout_ms: int,
+        foreign_keys: bool,
+        acquire_timeout_s: float,
+    ) -> None:
+        """Raises OSError when the database's directory cannot be made."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._engine = create_async_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=0,
+            pool_timeout=acquire_timeout_s,
+            connect_args={"timeout": busy_timeout_ms / 1000},
+        )
+        install_sqlite_hooks(self._engine.sync_engine, busy_timeout_ms, foreign_keys)
+        self._immediate = self._engine.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+        self._write_lock = asyncio.Lock()
+        self._path = str(path)
+        self._busy_timeout_ms = busy_timeout_ms
+        # Made at the first append: a migration or a read-only use never starts the thread.
+        self._appender: SqliteWriter | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[AsyncConnection]:
+        async with self._write_lock, self._immediate.begin() as conn:
+            yield conn
+
+    async def run_append(self, work: Callable[[Connection, Arg], Result], arg: Arg) -> Result:
+        if self._appender is None:
+            self._appender = SqliteWriter(self._path, self._busy_timeout_ms)
+        async with self._write_lock:
+            return await self._appender.run(work, arg)
+
+    def insert_if_absent(self, table: Table, values: Mapping[str, Any]) -> Insert:
+        return sqlite_dialect.insert(table).values(values).on_conflict_do_nothing()
+
+    async def before_migration(self, conn: AsyncConnection) -> None:
+        """Nothing to do: `BEGIN IMMEDIATE` already queues concurrent migrators."""
+
+    async def after_migration(self, conn: AsyncConnection) -> None:
+        # Migrations run with foreign keys off (batch table rebuilds would cascade deletes
+        # into child tables), so verify them once the rebuilds are done.
+        broken = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all()
+        if broken:
+            raise RuntimeError(f"migration left dangling foreign keys: {broken!r}")
+
+    async def close(self) -> None:
+        if self._appender is not None:
+            await self._appender.close()
+            self._appender = None
+        await self._engine.dispose()

@@ -19,6 +19,7 @@ from chat_server.fanout import Fanout
 from chat_server.inbound import SendReader
 from chat_server.metrics import Metrics
 from chat_server.ratelimit import RateLimiter
+from chat_server.store.migrate import migrate
 from chat_server.store.sql import open_store
 from chat_server.store.urls import sqlite_path
 from chat_server.web.demo import setup_demo
@@ -44,12 +45,12 @@ def build_broker(settings: Settings) -> Broker:
 async def _services(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     secret = load_or_create_secret(settings.jwt_secret, sqlite_path(settings.database_url))
+    await migrate(settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms)
     store = await open_store(
         settings.database_url,
         pool_size=settings.db_pool_size,
         busy_timeout_ms=settings.db_busy_timeout_ms,
         acquire_timeout_s=settings.db_acquire_timeout_s,
-        migrate=True,
     )
     broker = build_broker(settings)
     metrics = Metrics()

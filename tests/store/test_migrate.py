@@ -13,9 +13,9 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
 from chat_server.errors import StoreUnavailable
+from chat_server.store.engine import build_engine
 from chat_server.store.migrate import current_revision, head_revision, migrate
 from chat_server.store.schema import metadata
-from chat_server.store.sql import build_engine
 
 
 async def _inspect(database_url: str, probe: Any) -> Any:

@@ -22,8 +22,9 @@ from chat_server.auth import TokenAuthority
 from chat_server.config import Settings
 from chat_server.errors import StoreUnavailable
 from chat_server.models import UserId
+from chat_server.store.engine import build_engine
 from chat_server.store.migrate import current_revision, head_revision, migrate
-from chat_server.store.sql import SqlStore, build_engine, open_store
+from chat_server.store.sql import SqlStore, open_store
 from chat_server.web.app import create_app
 from chat_server.web.services import SERVICES
 from tests.conftest import SECRET, AiohttpClient

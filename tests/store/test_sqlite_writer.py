@@ -10,14 +10,13 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from chat_server.store.sql import open_store
+from chat_server.store.migrate import migrate
 from chat_server.store.sqlite import SqliteWriter
 
 
 async def test_a_second_writer_waits_for_the_first_instead_of_failing(tmp_path: Path) -> None:
     path = tmp_path / "chat.db"
-    store = await open_store(f"sqlite:///{path}", migrate=True)  # creates the schema
-    await store.close()
+    await migrate(f"sqlite:///{path}")  # creates the schema
     # A busy timeout far shorter than the first transaction: SQLite alone would give up.
     first, second = SqliteWriter(str(path), 10), SqliteWriter(str(path), 10)
     inside, release = threading.Event(), threading.Event()

@@ -16,6 +16,7 @@ from sqlalchemy import event
 from chat_server.errors import NotAMember, RoomExists, RoomNotFound, StoreUnavailable
 from chat_server.models import NewMessage, Room, RoomId, RoomKind, UserId
 from chat_server.store.base import MessageStore
+from chat_server.store.migrate import migrate
 from chat_server.store.sql import SqlStore, open_store
 from chat_server.store.urls import sqlite_path
 
@@ -235,8 +236,8 @@ async def test_client_message_id_is_scoped_to_the_sender_and_room(
     assert len({result.message.id for result in results}) == 3
 
 
-async def test_append_to_unknown_room_raises_room_not_found(store: SqlStore) -> None:
-    with pytest.raises(RoomNotFound):
+async def test_append_to_unknown_room_is_refused_like_a_stranger_s_room(store: SqlStore) -> None:
+    with pytest.raises(NotAMember):
         await store.append_message(NewMessage(RoomId(999), ALICE, "hello?"))
 
 
@@ -474,4 +475,4 @@ async def test_unusable_database_directory_gives_store_unavailable(
     with pytest.raises(StoreUnavailable):
         await open_store(url)
     with pytest.raises(StoreUnavailable):
-        await open_store(url, migrate=True)
+        await migrate(url)

@@ -1,0 +1,67 @@
+"""PostgreSQL specifics: `PostgresBackend`, the asyncpg pool's settings and its migration lock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Final, TypeVar
+
+from sqlalchemy import Insert, Table, text
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+#: Connecting, and any one statement, may take at most this long.
+PG_CONNECT_TIMEOUT_S: Final = 5.0
+PG_COMMAND_TIMEOUT_S: Final = 30.0
+
+# pg_advisory_xact_lock key: workers that start together migrate one after another.
+_MIGRATION_LOCK: Final = 0x63686174_6D696772  # "chatmigr"
+
+Arg = TypeVar("Arg")
+Result = TypeVar("Result")
+
+
+class PostgresBackend:
+    """PostgreSQL through asyncpg: row locks order concurrent writers, so a write transaction
+    needs nothing beyond a plain `BEGIN`."""
+
+    def __init__(self, url: str, *, pool_size: int, acquire_timeout_s: float) -> None:
+        self._engine = create_async_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=0,
+            pool_timeout=acquire_timeout_s,
+            # A connection broken by a restart or failover is replaced, not handed out.
+            pool_pre_ping=True,
+            connect_args={
+                "timeout": PG_CONNECT_TIMEOUT_S,
+                "command_timeout": PG_COMMAND_TIMEOUT_S,
+                "server_settings": {"application_name": "chat_server"},
+            },
+        )
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[AsyncConnection]:
+        async with self._engine.begin() as conn:
+            yield conn
+
+    async def run_append(self, work: Callable[[Connection, Arg], Result], arg: Arg) -> Result:
+        async with self.writing() as conn:
+            return await conn.run_sync(work, arg)
+
+    def insert_if_absent(self, table: Table, values: Mapping[str, Any]) -> Insert:
+        return pg_dialect.insert(table).values(values).on_conflict_do_nothing()
+
+    async def before_migration(self, conn: AsyncConnection) -> None:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+
+    async def after_migration(self, conn: AsyncConnection) -> None:
+        """Nothing to check: PostgreSQL enforces foreign keys throughout."""
+
+    async def close(self) -> None:
+        await self._engine.dispose()
