@@ -8,7 +8,8 @@ import statistics
 import time
 import tracemalloc
 
-from tests.hardening.conftest import ServerFactory, frame, send_body
+from tests.hardening.conftest import ServerFactory
+from tests.stomp_client import frame, send_body
 
 SEND_JSON = [("destination", "/app/message"), ("content-type", "application/json")]
 

@@ -9,14 +9,8 @@ import pytest
 
 from chat_server.models import UserId
 from chat_server.stomp.frames import Command
-from tests.hardening.conftest import (
-    Server,
-    ServerFactory,
-    connect_bytes,
-    expect_fatal,
-    frame,
-    send_body,
-)
+from tests.hardening.conftest import Server, ServerFactory, expect_fatal
+from tests.stomp_client import connect_bytes, frame, send_body
 
 SEND_JSON = [("destination", "/app/message"), ("content-type", "application/json")]
 

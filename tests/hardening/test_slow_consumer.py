@@ -11,7 +11,8 @@ import pytest
 
 from chat_server.models import UserId
 from chat_server.stomp.frames import Command
-from tests.hardening.conftest import ServerFactory, connect_bytes, frame, send_body
+from tests.hardening.conftest import ServerFactory
+from tests.stomp_client import connect_bytes, frame, send_body
 
 CONTENT = "x" * 8000
 MAX_MESSAGES = 2000

@@ -8,8 +8,18 @@ import struct
 
 import pytest
 
-from tests.hardening.conftest import Server, ServerFactory, connect_bytes, frame
-from tests.hardening.rawws import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, ws_frame
+from tests.hardening.conftest import Server, ServerFactory
+from tests.stomp_client import (
+    BINARY,
+    CLOSE,
+    CONTINUATION,
+    PING,
+    PONG,
+    TEXT,
+    connect_bytes,
+    frame,
+    ws_frame,
+)
 
 
 @pytest.mark.parametrize("origin", ["null", "https://app.example.com.evil.com",
