@@ -105,7 +105,9 @@ async def open_stream(
 def test_free_port_is_bindable() -> None:
     port = free_port()
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", port))
+        sock.bind(("127.0.0.1", port))  # raises if something holds the port
+        assert sock.getsockname() == ("127.0.0.1", port)
+    assert 0 < port < 65536
 
 
 def test_nginx_template_renders_every_placeholder() -> None:

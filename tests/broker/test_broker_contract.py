@@ -1,13 +1,15 @@
-"""The Broker contract, run once per implementation: in-process, and Redis on fakeredis.
+"""The Broker contract, run once per implementation: in-process, Redis on fakeredis, and Redis on
+a private real ``redis-server`` (skipped, naming the Debian package, where it is not installed).
 
-Two RedisBrokers on one fake server stand for two workers.
+Two RedisBrokers on one server stand for two workers.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 from fakeredis import FakeAsyncRedis, FakeServer
@@ -15,6 +17,7 @@ from fakeredis import FakeAsyncRedis, FakeServer
 from chat_server.broker.base import Broker, BrokerState
 from chat_server.broker.memory import MemoryBroker
 from chat_server.broker.redis import RedisBroker
+from tests.services import RedisServer
 
 WAIT_S = 3.0
 
@@ -43,30 +46,81 @@ class Recorder:
 
 
 Worker = tuple[Broker, Recorder]
-WorkerFactory = Callable[[], Any]
+#: Makes one more RedisBroker on the fabric under test; each call stands for another worker.
+RedisBrokerFactory = Callable[[], RedisBroker]
+
+REDIS_FABRICS = ["fakeredis", "redis-server"]
 
 
-def redis_broker(server: FakeServer) -> RedisBroker:
-    return RedisBroker(
-        FakeAsyncRedis(server=server), FakeAsyncRedis(server=server), ping_interval_s=0.2
-    )
+@pytest.fixture(scope="module")
+def real_redis() -> Iterator[RedisServer]:
+    """A private redis-server on a free port, its files in a temp dir, for this module.
+
+    Not under pytest's numbered temp dirs: another pytest session may prune those meanwhile.
+    ``RedisServer`` skips (naming the Debian package redis-server) when the binary is missing.
+    """
+    root = tempfile.mkdtemp(prefix="chat-test-broker-redis-")
+    try:
+        server = RedisServer(root)
+        try:
+            server.start()
+            yield server
+        finally:
+            server.stop()  # SIGTERM, then SIGKILL to its process group; always reaped
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(params=["memory", "redis"])
+def redis_factory(fabric: str, request: pytest.FixtureRequest) -> RedisBrokerFactory:
+    """RedisBrokers sharing one Redis: an in-process fake, or the real server of this module."""
+    if fabric == "fakeredis":
+        server = FakeServer()
+
+        def on_fake() -> RedisBroker:
+            return RedisBroker(FakeAsyncRedis(server=server), FakeAsyncRedis(server=server),
+                               ping_interval_s=0.2)
+
+        return on_fake
+    assert fabric == "redis-server", fabric
+    real: RedisServer = request.getfixturevalue("real_redis")
+
+    def on_real() -> RedisBroker:
+        return RedisBroker.from_url(real.url, ping_interval_s=0.2)
+
+    return on_real
+
+
+@pytest.fixture(params=REDIS_FABRICS)
+def redis_brokers(request: pytest.FixtureRequest) -> RedisBrokerFactory:
+    return redis_factory(request.param, request)
+
+
+async def start_all(brokers: list[Broker]) -> list[Worker]:
+    """Starts each broker; a RedisBroker is ready once its first resync (subscribed) came."""
+    started: list[Worker] = []
+    try:
+        for broker in brokers:
+            recorder = Recorder()
+            await broker.start(recorder)
+            started.append((broker, recorder))
+            if isinstance(broker, RedisBroker):
+                await asyncio.wait_for(recorder.resynced.wait(), WAIT_S)
+    except BaseException:
+        for broker, _ in started:
+            await broker.close()
+        raise
+    return started
+
+
+@pytest.fixture(params=["memory", *REDIS_FABRICS])
 async def workers(request: pytest.FixtureRequest) -> AsyncIterator[list[Worker]]:
     """Two workers sharing one broker fabric (the memory broker is one process: one worker)."""
-    started: list[Worker] = []
     if request.param == "memory":
         brokers: list[Broker] = [MemoryBroker()]
     else:
-        server = FakeServer()
-        brokers = [redis_broker(server), redis_broker(server)]
-    for broker in brokers:
-        recorder = Recorder()
-        await broker.start(recorder)
-        if isinstance(broker, RedisBroker):
-            await asyncio.wait_for(recorder.resynced.wait(), WAIT_S)
-        started.append((broker, recorder))
+        factory = redis_factory(request.param, request)
+        brokers = [factory(), factory()]
+    started = await start_all(brokers)
     yield started
     for broker, _ in started:
         await broker.close()
@@ -120,12 +174,10 @@ async def test_user_and_room_topics_are_distinct(workers: list[Worker]) -> None:
     assert await recorder.next() == ("user:1", b"user")
 
 
-async def test_a_message_reaches_every_worker_watching_the_topic() -> None:
-    server = FakeServer()
-    (a, a_seen), (b, b_seen) = [(redis_broker(server), Recorder()) for _ in range(2)]
-    for broker, recorder in ((a, a_seen), (b, b_seen)):
-        await broker.start(recorder)
-        await asyncio.wait_for(recorder.resynced.wait(), WAIT_S)
+async def test_a_message_reaches_every_worker_watching_the_topic(
+    redis_brokers: RedisBrokerFactory,
+) -> None:
+    (a, a_seen), (b, b_seen) = await start_all([redis_brokers(), redis_brokers()])
     try:
         await a.subscribe("room:7")
         await b.subscribe("room:7")

@@ -15,12 +15,7 @@ from chat_server.config import Settings
 from chat_server.stomp.frames import Command, Frame, Version, encode
 from chat_server.web.app import create_app
 from tests.conftest import AiohttpClient, StompFactory, create_direct_room
-from tests.stomp_client import StompClient
-
-
-def connect_frame(token: str, **extra: str) -> bytes:
-    headers = {"accept-version": "1.2", "host": "h", "passcode": token, **extra}
-    return encode(Frame(Command.CONNECT, tuple(headers.items())), Version.V1_2)
+from tests.stomp_client import StompClient, connect_bytes
 
 
 @pytest.mark.parametrize(
@@ -50,7 +45,7 @@ async def test_passcode_authenticates_like_the_authorization_header(
     stomp: StompFactory, tokens: TokenAuthority,
 ) -> None:
     raw = await stomp(None)
-    await raw.send_raw(connect_frame(tokens.mint("carol")))
+    await raw.send_raw(connect_bytes(tokens.mint("carol")))
     frame = await raw.receive()
     assert frame.get("user-name") == "carol"
 
@@ -62,7 +57,7 @@ async def test_passcode_authenticates_like_the_authorization_header(
 )
 async def test_bad_credentials_get_error_and_policy_close(stomp: StompFactory, token: str) -> None:
     raw = await stomp(None)
-    await raw.send_raw(connect_frame(token))
+    await raw.send_raw(connect_bytes(token))
     error = await raw.receive()
     assert error.command is Command.ERROR
     assert error.get("message") == "authentication failed"
@@ -89,7 +84,7 @@ async def test_bad_command_is_fatal(stomp: StompFactory, data: bytes) -> None:
 
 async def test_second_connect_is_refused(stomp: StompFactory, tokens: TokenAuthority) -> None:
     alice = await stomp("alice")
-    await alice.send_raw(connect_frame(tokens.mint("alice")))
+    await alice.send_raw(connect_bytes(tokens.mint("alice")))
     assert (await alice.expect_error()).get("message") == "already connected"
 
 
@@ -151,7 +146,7 @@ async def test_binary_websocket_messages_carry_stomp_like_text(
     stomp: StompFactory, tokens: TokenAuthority,
 ) -> None:
     raw = await stomp(None)
-    await raw.send_raw(connect_frame(tokens.mint("dave")), binary=True)
+    await raw.send_raw(connect_bytes(tokens.mint("dave")), binary=True)
     assert (await raw.receive()).command is Command.CONNECTED
 
 
@@ -205,8 +200,15 @@ async def test_foreign_origin_is_refused_before_the_upgrade(
     assert (await response.json())["error"]["code"] == "origin_not_allowed"
 
 
-async def test_same_origin_is_allowed(client: TestClient[Any, Any]) -> None:
+async def test_same_origin_is_allowed(client: TestClient[Any, Any],
+                                      tokens: TokenAuthority) -> None:
     host = f"{client.server.host}:{client.server.port}"
-    ws = await client.ws_connect("/ws", headers={"Origin": f"http://{host}"})
+    ws = await client.ws_connect("/ws", protocols=("v12.stomp",),
+                                 headers={"Origin": f"http://{host}"})
+    # Upgraded, and then served: a STOMP session works over it.
+    stomp = StompClient(ws)
+    connected = await stomp.connect(tokens.mint("alice"))
+    assert connected.get("version") == "1.2"
+    assert ws.protocol == "v12.stomp"
     await ws.close()
 

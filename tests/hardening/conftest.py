@@ -1,8 +1,7 @@
-"""Hardening fixtures: a server with chosen limits, raw and STOMP clients, rooms, a canary."""
+"""Hardening fixtures: a server with chosen limits, its raw and STOMP clients, and rooms."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -13,22 +12,16 @@ from aiohttp.test_utils import TestClient
 
 from chat_server.auth import TokenAuthority
 from chat_server.config import Settings
-from chat_server.stomp.frames import Command, Frame, Version, encode
+from chat_server.stomp.frames import Command, Frame
 from chat_server.web.app import create_app
 from chat_server.web.services import SERVICES, Services
 from tests.conftest import AiohttpClient
-from tests.hardening.rawws import RawWebSocket
-from tests.stomp_client import StompClient
+from tests.stomp_client import RawWebSocket, StompClient
 
-
-def frame(command: str, headers: list[tuple[str, str]] | None = None, body: bytes = b"") -> bytes:
-    """Exact STOMP 1.2 bytes, headers as given (no escaping, no content-length added)."""
-    head = "".join(f"{k}:{v}\n" for k, v in headers or [])
-    return f"{command}\n{head}\n".encode() + body + b"\0"
-
-
-def send_body(room: int, content: str, **extra: Any) -> bytes:
-    return json.dumps({"chatRoomId": room, "content": content, **extra}).encode()
+# Re-exported: a few hardening tests still import the byte builders from here.
+from tests.stomp_client import connect_bytes as connect_bytes
+from tests.stomp_client import frame as frame
+from tests.stomp_client import send_body as send_body
 
 
 @dataclass
@@ -150,8 +143,3 @@ async def expect_fatal(stomp: StompClient, message: str, code: int) -> Frame:
     assert b"Traceback" not in error.body
     assert await stomp.expect_close() == code
     return error
-
-
-def connect_bytes(token: str, **extra: str) -> bytes:
-    headers = {"accept-version": "1.2", "host": "h", "passcode": token, **extra}
-    return encode(Frame(Command.CONNECT, tuple(headers.items())), Version.V1_2)

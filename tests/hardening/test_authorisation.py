@@ -16,13 +16,8 @@ from chat_server.chat import ChatService
 from chat_server.models import RoomId, UserId
 from chat_server.stomp.frames import Command
 from chat_server.web.services import Services
-from tests.hardening.conftest import (
-    Server,
-    ServerFactory,
-    expect_fatal,
-    frame,
-    send_body,
-)
+from tests.hardening.conftest import Server, ServerFactory, expect_fatal
+from tests.stomp_client import frame, send_body
 
 SEND_JSON = [("destination", "/app/message"), ("content-type", "application/json")]
 

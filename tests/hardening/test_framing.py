@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from chat_server.stomp.frames import Command
-from tests.hardening.conftest import Server, expect_fatal, frame, send_body
+from tests.hardening.conftest import Server, expect_fatal
+from tests.stomp_client import frame, send_body
 
 SEND_JSON = [("destination", "/app/message"), ("content-type", "application/json")]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.hardening.conftest import ServerFactory, connect_bytes, frame
-from tests.hardening.rawws import PING, PONG, TEXT, RawWebSocket, ws_frame
+from tests.hardening.conftest import ServerFactory
+from tests.stomp_client import PING, PONG, TEXT, RawWebSocket, connect_bytes, frame, ws_frame
 
 INTERVAL_S = 0.1
 

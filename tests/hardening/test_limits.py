@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
 
 from chat_server.models import UserId
 from chat_server.stomp.frames import Command
-from tests.hardening.conftest import (
-    Server,
-    ServerFactory,
-    connect_bytes,
-    expect_fatal,
-    frame,
-    send_body,
-)
+from tests.hardening.conftest import Server, ServerFactory, expect_fatal
+from tests.stomp_client import connect_bytes, frame, send_body
+from tests.waiting import eventually
 
 SEND_JSON = [("destination", "/app/message"), ("content-type", "application/json")]
 
@@ -176,10 +170,10 @@ async def test_connections_per_user_cap_is_1013(make_server: ServerFactory) -> N
     assert error.get("receipt-id") == "c"
     assert (await server.ws("bob")).ws.closed is False  # another user is unaffected
     await clients[0].ws.close()
-    for _ in range(100):  # the slot comes back once the server has seen the close
-        if server.services.connections.per_user.counts.get(UserId("alice")) == 2:
-            break
-        await asyncio.sleep(0.01)
+    counts = server.services.connections.per_user.counts
+    # The slot comes back once the server has seen the close.
+    await eventually(lambda: counts.get(UserId("alice")) == 2, 2.0,
+                     "alice's slot back after one close", lambda: f"counts: {counts}")
     assert (await server.ws("alice")).ws.closed is False
 
 
@@ -193,9 +187,8 @@ async def test_connections_per_ip_cap_is_429_before_the_upgrade(
     assert refused.status == 429
     for stomp in clients:
         await stomp.ws.close()
-    for _ in range(200):
-        if not server.services.connections.per_ip.counts:
-            break
-        await asyncio.sleep(0.01)
+    per_ip = server.services.connections.per_ip
+    await eventually(lambda: not per_ip.counts, 2.0, "every per-IP slot released",
+                     lambda: f"counts: {per_ip.counts}")
     assert server.services.connections.per_ip.counts == {}
     assert (await server.raw()).status == 101

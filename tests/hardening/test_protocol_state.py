@@ -7,7 +7,8 @@ import json
 import pytest
 
 from chat_server.stomp.frames import Command
-from tests.hardening.conftest import Server, connect_bytes, expect_fatal, frame, send_body
+from tests.hardening.conftest import Server, expect_fatal
+from tests.stomp_client import connect_bytes, frame, send_body
 
 SEND_JSON = [("destination", "/app/message"), ("content-type", "application/json")]
 

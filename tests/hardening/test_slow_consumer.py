@@ -1,17 +1,18 @@
 """W10 / FAULTS "slow consumer": a client that stops reading is cut off at the outbox limit or
-the send stall, while a fast client in the same room keeps receiving promptly."""
+the send stall, while a fast client in the same room keeps receiving everything, in order.
+
+How long the fast client waits meanwhile is measured by `python -m benchmarks.slow_consumer`."""
 
 from __future__ import annotations
 
 import logging
-import statistics
-import time
 
 import pytest
 
 from chat_server.models import UserId
 from chat_server.stomp.frames import Command
-from tests.hardening.conftest import ServerFactory, connect_bytes, frame, send_body
+from tests.hardening.conftest import ServerFactory
+from tests.stomp_client import connect_bytes, frame, send_body
 
 CONTENT = "x" * 8000
 MAX_MESSAGES = 2000
@@ -22,7 +23,7 @@ MAX_MESSAGES = 2000
     [("outbox", {"outbox_bytes": 64 * 1024, "send_stall_s": 60.0}),
      ("stall", {"outbox_bytes": 256 * 1024 * 1024, "send_stall_s": 1.0})],
 )
-async def test_a_client_that_never_reads_is_closed_and_others_are_not_delayed(
+async def test_a_client_that_never_reads_is_closed_and_others_keep_receiving_in_order(
     make_server: ServerFactory, caplog: pytest.LogCaptureFixture,
     limit: str, overrides: dict[str, float],
 ) -> None:
@@ -41,27 +42,18 @@ async def test_a_client_that_never_reads_is_closed_and_others_are_not_delayed(
     sessions = server.services.connections.sessions
     assert any(s.user == "carol" for s in sessions)
     alice = await server.ws("alice")
-    latencies: list[float] = []
     sent = 0
     closed_after: int | None = None
     while sent < MAX_MESSAGES and (closed_after is None or sent < closed_after + 20):
-        started = time.monotonic()
         await alice.send(Command.SEND, {"destination": "/app/message",
                                         "content-type": "application/json"},
                          send_body(room, CONTENT))
         _, body = await fast.receive_message()
-        latencies.append(time.monotonic() - started)
         sent += 1
         assert body["seq"] == sent  # in order, none missing, for the fast client
         if closed_after is None and not any(s.user == "carol" for s in sessions):
             closed_after = sent
     assert closed_after is not None, "the slow consumer was never closed"
-    p50, worst = statistics.median(latencies) * 1000, max(latencies) * 1000
-    print(f"{limit}: slow consumer closed after {closed_after} messages of 8 KB; "
-          f"fast p50 {p50:.1f} ms max {worst:.1f} ms")
-    # The fast client never waited on the slow one (generous bounds for a busy 2-core box).
-    assert max(latencies) < 1.0, max(latencies)
-    assert statistics.median(latencies) < 0.1
     assert any("slow consumer" in record.getMessage() for record in caplog.records)
     # Carol, reading again, finds the stream ended: an ERROR if it reached her, then the end.
     data, code = await slow.stomp_until_close(timeout=10)

@@ -8,8 +8,19 @@ import struct
 
 import pytest
 
-from tests.hardening.conftest import Server, ServerFactory, connect_bytes, frame
-from tests.hardening.rawws import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, ws_frame
+from tests.hardening.conftest import Server, ServerFactory
+from tests.stomp_client import (
+    BINARY,
+    CLOSE,
+    CONTINUATION,
+    PING,
+    PONG,
+    TEXT,
+    connect_bytes,
+    frame,
+    ws_frame,
+)
+from tests.waiting import eventually
 
 
 @pytest.mark.parametrize("origin", ["null", "https://app.example.com.evil.com",
@@ -132,10 +143,12 @@ async def test_w14_reset_mid_frame_returns_the_registry_to_baseline(server: Serv
     sock = raw.writer.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     raw.writer.transport.abort()  # RST
-    for _ in range(200):
-        if not server.services.connections.sessions and not server.services.fanout.rooms_watched:
-            break
-        await asyncio.sleep(0.01)
+    services = server.services
+    await eventually(
+        lambda: not services.connections.sessions and not services.fanout.rooms_watched, 2.0,
+        "the reset session and its room watch are gone",
+        lambda: f"sessions {services.connections.sessions}, rooms {services.fanout.rooms_watched}",
+    )
     assert not server.services.connections.sessions
     assert server.services.fanout.rooms_watched == 0
     assert server.services.connections.per_ip.counts == {}

@@ -2,8 +2,8 @@
 
 A `Worker` is one `python -m chat_server serve` process (or any command, e.g. gunicorn) with its
 output in a file that assertion messages quote. `cluster` is a private redis-server, two workers on
-one shared SQLite database, and nginx round-robin in front of both. `ChatClient` wraps the STOMP
-test client with a reader task that records every frame, so tests await conditions with deadlines.
+one shared SQLite database, and nginx round-robin in front of both. `ChatClient` (in
+tests/stomp_client.py) records every frame, so tests await conditions with deadlines.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import itertools
 import os
-import random
 import signal
 import sqlite3
 import subprocess
@@ -23,17 +22,15 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 
 from chat_server.auth import TokenAuthority
-from chat_server.stomp.frames import Command
 from tests.conftest import SECRET
 from tests.services import LOCALHOST, NginxServer, RedisServer, TcpProxy, free_port
-from tests.stomp_client import Closed, StompClient
+from tests.stomp_client import ChatClient, Dropped
+from tests.waiting import eventually
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 30.0
@@ -316,205 +313,6 @@ async def create_group_room(http: aiohttp.ClientSession, base_url: str, creator:
         return room_id
 
 
-class Dropped(Exception):
-    """The connection ended before the awaited frame came."""
-
-
-class ChatClient:
-    """One STOMP connection with a reader task recording MESSAGE bodies, RECEIPTs and the close.
-
-    `messages[room]` keeps every chat message body in arrival order, across reconnections (a new
-    connection continues the same lists), so loss, duplication and order are checked on them.
-    """
-
-    def __init__(self, http: aiohttp.ClientSession, user: str, url: str) -> None:
-        self.http = http
-        self.user = user
-        self.url = url
-        self.messages: dict[int, list[dict[str, Any]]] = {}
-        self.errors: list[str] = []
-        self.close_codes: list[int | None] = []
-        self.connections = 0
-        self.stomp: StompClient | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._receipts: dict[str, asyncio.Future[None]] = {}
-        self._changed = asyncio.Event()
-        self._receipt_counter = 0
-        self._resuming = asyncio.Lock()
-        self.drops = 0
-        #: When each resume() after a drop completed (connected and resubscribed).
-        self.resumed_at: list[float] = []
-        self._watcher: asyncio.Task[None] | None = None
-
-    # --- connection ---------------------------------------------------------------------------
-
-    @property
-    def connected(self) -> bool:
-        return self._reader is not None and not self._reader.done()
-
-    @property
-    def settled(self) -> bool:
-        """Connected, and not in the middle of resuming (resubscribing)."""
-        return self.connected and not self._resuming.locked()
-
-    async def connect(self, url: str | None = None) -> None:
-        if url is not None:
-            self.url = url
-        ws = await self.http.ws_connect(self.url, protocols=("v12.stomp",),
-                                        timeout=aiohttp.ClientWSTimeout(ws_close=2.0))
-        stomp = StompClient(ws)
-        try:
-            await stomp.connect(tokens.mint(self.user))
-        except BaseException:
-            await ws.close()
-            raise
-        self.stomp = stomp
-        self.connections += 1
-        self._reader = asyncio.create_task(self._read(stomp))
-
-    async def _read(self, stomp: StompClient) -> None:
-        try:
-            while True:
-                frame = await stomp.receive(timeout=3600)
-                if frame.command is Command.MESSAGE:
-                    body = orjson.loads(frame.body)
-                    self.messages.setdefault(int(body["chatRoomId"]), []).append(body)
-                elif frame.command is Command.RECEIPT:
-                    waiter = self._receipts.pop(frame.get("receipt-id") or "", None)
-                    if waiter is not None and not waiter.done():
-                        waiter.set_result(None)
-                elif frame.command is Command.ERROR:
-                    self.errors.append(f"{frame.get('message')}: {frame.body!r}")
-                self._changed.set()
-        except Closed as closed:
-            self.close_codes.append(closed.code)
-        except (aiohttp.ClientError, OSError) as exc:
-            self.close_codes.append(None)
-            self.errors.append(repr(exc))
-        finally:
-            for waiter in self._receipts.values():
-                if not waiter.done():
-                    waiter.set_exception(Dropped(self.user))
-            self._receipts.clear()
-            self._changed.set()
-
-    async def wait_dropped(self, timeout: float | None = None) -> None:
-        """Until the current connection ends (the server closed it or the socket broke)."""
-        assert self._reader is not None
-        async with asyncio.timeout(timeout):
-            await asyncio.wait({self._reader})
-
-    async def resume(self, url: str, rooms: Sequence[int], timeout: float = 15.0) -> None:
-        """Reconnect (retrying, with jitter, while refused) and resubscribe every room with
-        `x-resume-after:<last seq seen>`, as a client does after its socket dropped."""
-        async with self._resuming:
-            if self.connected:
-                return
-            deadline = time.monotonic() + timeout
-            delay = 0.05
-            while True:
-                try:
-                    await self.connect(url)
-                    for room in rooms:
-                        await self.subscribe(room, resume_after=self.last_seq(room))
-                    self.resumed_at.append(time.monotonic())
-                    return
-                except (Dropped, TimeoutError, AssertionError, aiohttp.ClientError, OSError):
-                    await self.close()
-                    if time.monotonic() > deadline:
-                        raise
-                await asyncio.sleep(random.uniform(delay / 2, delay))
-                delay = min(delay * 2, 1.0)
-
-    def keep_connected(self, url: str, rooms: Sequence[int]) -> None:
-        """From now on, whenever the connection drops, resume through `url` (a task)."""
-
-        async def watch() -> None:
-            while True:
-                await self.wait_dropped()
-                self.drops += 1
-                await self.resume(url, rooms)
-
-        self._watcher = asyncio.create_task(watch())
-
-    async def shutdown(self) -> None:
-        """Teardown: stop resuming, close the connection."""
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._watcher
-        await self.close()
-
-    async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        if self.stomp is not None:
-            with contextlib.suppress(Exception):
-                await self.stomp.ws.close()
-
-    # --- frames -------------------------------------------------------------------------------
-
-    def _next_receipt(self) -> tuple[str, asyncio.Future[None]]:
-        self._receipt_counter += 1
-        receipt = f"{self.user}-r{self._receipt_counter}"
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._receipts[receipt] = waiter
-        return receipt, waiter
-
-    async def _receipted(self, send: Callable[[str], Any], timeout: float) -> None:
-        if not self.connected or self.stomp is None:
-            raise Dropped(self.user)
-        receipt, waiter = self._next_receipt()
-        try:
-            await send(receipt)
-        except (ConnectionError, aiohttp.ClientError) as exc:
-            self._receipts.pop(receipt, None)
-            raise Dropped(self.user) from exc
-        try:
-            async with asyncio.timeout(timeout):
-                await waiter
-        finally:
-            self._receipts.pop(receipt, None)
-
-    async def subscribe(self, room: int, *, resume_after: int | None = None,
-                        timeout: float = 10.0) -> None:
-        headers = {} if resume_after is None else {"x-resume-after": str(resume_after)}
-        stomp = self.stomp
-        assert stomp is not None
-        await self._receipted(
-            lambda receipt: stomp.subscribe(f"/queue/chat-rooms/{room}", f"room-{room}",
-                                            receipt=receipt, **headers),
-            timeout,
-        )
-
-    async def send(self, room: int, content: str, client_message_id: str,
-                   timeout: float = 10.0) -> None:
-        """SEND with a receipt; returns once receipted (raises Dropped or TimeoutError)."""
-        stomp = self.stomp
-        assert stomp is not None
-        await self._receipted(
-            lambda receipt: stomp.send_message(room, content, receipt=receipt,
-                                               client_message_id=client_message_id),
-            timeout,
-        )
-
-    def seqs(self, room: int) -> list[int]:
-        return [int(body["seq"]) for body in self.messages.get(room, [])]
-
-    def last_seq(self, room: int) -> int:
-        seqs = self.seqs(room)
-        return max(seqs) if seqs else 0
-
-    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> None:
-        """Until `predicate()` holds, re-checked on every frame; TimeoutError after `timeout`."""
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                self._changed.clear()
-                await self._changed.wait()
-
-
 def has(client: ChatClient, room: int, count: int) -> bool:
     """`client` received at least `count` messages of `room`."""
     return len(client.seqs(room)) >= count
@@ -576,23 +374,12 @@ async def clients(http: aiohttp.ClientSession) -> AsyncIterator[ClientFactory]:
     made: list[ChatClient] = []
 
     def make(user: str, url: str) -> ChatClient:
-        client = ChatClient(http, user, url)
+        client = ChatClient(http, user, url, tokens.mint)
         made.append(client)
         return client
 
     yield make
     await asyncio.gather(*(client.shutdown() for client in made))
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float, what: str,
-                     context: Callable[[], str] = lambda: "") -> float:
-    """Polls `predicate` every 20 ms; returns the seconds it took, fails after `timeout`."""
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"not within {timeout} s: {what}\n{context()}")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
 
 
 async def broker_state(http: aiohttp.ClientSession, worker: Worker) -> str:
@@ -604,16 +391,15 @@ async def broker_state(http: aiohttp.ClientSession, worker: Worker) -> str:
 
 async def wait_broker(http: aiohttp.ClientSession, worker: Worker, *, ok: bool,
                       timeout: float) -> None:
-    """Polls /readyz every 50 ms until the broker is (`ok`) or is not connected."""
-    deadline = time.monotonic() + timeout
-    while True:
-        state = await broker_state(http, worker)
-        if (state == "ok") == ok:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{worker.name}: broker still {state!r} after {timeout} s\n"
-                                 f"{worker.output()}")
-        await asyncio.sleep(POLL_S)
+    """Polls /readyz until the broker is (`ok`) or is not connected."""
+    last: list[str] = []
+
+    async def reached() -> bool:
+        last.append(await broker_state(http, worker))
+        return (last[-1] == "ok") == ok
+
+    await eventually(reached, timeout, f"{worker.name}: broker {'ok' if ok else 'not ok'}",
+                     lambda: f"last state {last[-1:]}\n{worker.output()}", interval=POLL_S)
 
 
 class Sender:

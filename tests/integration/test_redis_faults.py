@@ -12,16 +12,16 @@ from collections.abc import Callable, Sequence
 import aiohttp
 
 from tests.integration.conftest import (
-    ChatClient,
     ClientFactory,
     Cluster,
     ClusterFactory,
     Sender,
     Tally,
     create_group_room,
-    eventually,
     wait_broker,
 )
+from tests.stomp_client import ChatClient
+from tests.waiting import eventually
 
 TIMEOUT_S = 20.0
 

@@ -12,13 +12,13 @@ from functools import partial
 import aiohttp
 
 from tests.integration.conftest import (
-    ChatClient,
     ClientFactory,
     Cluster,
     Tally,
     create_group_room,
     has,
 )
+from tests.stomp_client import ChatClient
 
 TIMEOUT_S = 20.0
 

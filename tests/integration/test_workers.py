@@ -15,19 +15,19 @@ from pathlib import Path
 import aiohttp
 
 from tests.integration.conftest import (
-    ChatClient,
     ClientFactory,
     Cluster,
     Sender,
     Tally,
     Worker,
     create_group_room,
-    eventually,
     has,
     migrate,
     worker_env,
 )
 from tests.services import LOCALHOST, RedisServer, free_port
+from tests.stomp_client import ChatClient
+from tests.waiting import eventually
 
 TIMEOUT_S = 20.0
 GOING_AWAY = 1001

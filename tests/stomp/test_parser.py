@@ -5,7 +5,6 @@ Row numbers (F1-F27) are those of BAD_INPUTS.md, section C1.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -643,18 +642,16 @@ def test_parser_reassembles_a_frame_split_mid_escape_and_mid_crlf() -> None:
         assert run([data[:cut], data[cut:]]).frames == expected
 
 
-def test_parser_handles_a_large_frame_fed_one_byte_at_a_time_in_linear_time() -> None:
+def test_parser_handles_a_large_frame_fed_one_byte_at_a_time() -> None:
+    # How long this takes (scanning must be incremental) is `python -m benchmarks.parser_scan`.
     limits = ParserLimits(max_frame_bytes=300_000, max_body_bytes=200_000)
     header = b"x-big:" + b"h" * 8000 + b"\n"
     data = b"SEND\n" + header * 10 + b"\n" + b"b" * 200_000 + b"\0"
-    started = time.perf_counter()
     parser = FrameParser(limits)
     for i in range(len(data)):
         parser.feed(data[i : i + 1])
-    elapsed = time.perf_counter() - started
     (frame,) = list(parser.frames())
     assert len(frame.body) == 200_000
-    assert elapsed < 5, f"{elapsed:.1f}s: scanning is not incremental"
 
 
 def test_parser_handles_many_frames_in_one_chunk() -> None:

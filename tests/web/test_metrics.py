@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -11,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from chat_server.auth import TokenAuthority
 from chat_server.stomp.frames import Command
 from tests.conftest import StompFactory, create_direct_room
+from tests.waiting import eventually
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -57,11 +57,15 @@ async def test_metrics_count_connections_frames_messages_and_errors(
     await mallory.expect_error()
     await bob.ws.close()
     # The server's handler ends just after the client sees the close: scrape until it has.
-    for _ in range(100):
-        samples = await scrape(client)
-        if samples[("chat_connections", ())] == 1:
-            break
-        await asyncio.sleep(0.02)
+    scraped: list[Samples] = []
+
+    async def bobs_handler_ended() -> bool:
+        scraped.append(await scrape(client))
+        return scraped[-1][("chat_connections", ())] == 1
+
+    await eventually(bobs_handler_ended, 2.0, "chat_connections back to 1 after bob's close",
+                     lambda: f"last scrape: {scraped[-1:]}")
+    samples = scraped[-1]
     assert samples[("chat_errors_total", (("kind", "policy_violation"), ("source", "stomp")))] == 1
     assert samples[("chat_subscriptions", ())] == 0
     assert samples[("chat_connections", ())] == 1
