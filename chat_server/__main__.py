@@ -9,7 +9,8 @@ import sys
 from collections.abc import Sequence
 from urllib.parse import parse_qs, urlsplit
 
-from chat_server.auth import TokenAuthority, load_or_create_secret, valid_user_id
+from chat_server import __version__
+from chat_server.auth import TokenAuthority, load_or_create_secret, secret_file, valid_user_id
 from chat_server.config import Settings
 from chat_server.logs import configure_logging_from_env
 from chat_server.store.urls import sqlite_path
@@ -17,6 +18,7 @@ from chat_server.store.urls import sqlite_path
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chat-server", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"chat-server {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run one server process")
@@ -170,8 +172,22 @@ def _token(settings: Settings, user_id: str, ttl: int) -> int:
     if not valid_user_id(user_id):
         print("chat-server: a user id is 1-128 printable characters", file=sys.stderr)
         return 2
+    if ttl <= 0:
+        # A token that is born expired would be refused by every server: say so instead.
+        print(f"chat-server: --ttl must be a positive number of seconds, not {ttl}",
+              file=sys.stderr)
+        return 2
     try:
-        secret = load_or_create_secret(settings.jwt_secret, sqlite_path(settings.database_url))
+        database_file = sqlite_path(settings.database_url)
+        if not settings.jwt_secret and database_file is not None:
+            path = secret_file(database_file)
+            if not path.exists():
+                # A secret made here would sign tokens that no running server accepts.
+                print(f"chat-server: no secret at {path} yet: run `chat-server token` where "
+                      f"`chat-server serve` runs (its first start creates it), or set "
+                      f"CHAT_JWT_SECRET", file=sys.stderr)
+                return 2
+        secret = load_or_create_secret(settings.jwt_secret, database_file)
     except ValueError as exc:
         print(f"chat-server: {exc}", file=sys.stderr)
         return 2

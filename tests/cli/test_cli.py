@@ -216,3 +216,26 @@ def test_serve_with_redis_unreachable_names_it_and_serves(tmp_path: Path) -> Non
         process.terminate()
         process.wait(timeout=20)
     assert "hunter2" not in log_path.read_text()
+
+
+def test_token_refuses_to_create_a_secret_no_server_uses(tmp_path: Path) -> None:
+    done = run_cli(cli_env(tmp_path), "token", "alice")
+    line = _one_line_refusal(done, 2)
+    assert "where `chat-server serve` runs" in line and "CHAT_JWT_SECRET" in line
+    assert not (tmp_path / "data" / "chat.db.jwt-secret").exists()
+
+
+@pytest.mark.parametrize("ttl", ["0", "-5"])
+def test_token_refuses_a_lifetime_that_is_not_positive(tmp_path: Path, ttl: str) -> None:
+    env = {**cli_env(tmp_path), "CHAT_JWT_SECRET": "configured-secret-configured-secret"}
+    done = run_cli(env, "token", "alice", "--ttl", ttl)
+    assert "--ttl must be a positive" in _one_line_refusal(done, 2)
+
+
+def test_version_is_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from chat_server import __version__
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"chat-server {__version__}\n"
