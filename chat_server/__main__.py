@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import sys
 from collections.abc import Sequence
+from urllib.parse import parse_qs, urlsplit
 
-from chat_server.auth import TokenAuthority, load_or_create_secret, valid_user_id
+from chat_server import __version__
+from chat_server.auth import TokenAuthority, load_or_create_secret, secret_file, valid_user_id
 from chat_server.config import Settings
 from chat_server.logs import configure_logging_from_env
 from chat_server.store.urls import sqlite_path
@@ -15,6 +18,7 @@ from chat_server.store.urls import sqlite_path
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chat-server", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"chat-server {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run one server process")
@@ -54,21 +58,104 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _migrate(settings)
 
 
+#: libpq's sslmode values, the ones the README promises; asyncpg's own `ssl` takes them too.
+SSL_MODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+REDIS_SCHEMES = frozenset({"redis", "rediss"})
+
+
+class BadSetting(Exception):
+    """A setting `serve` cannot work with: one line for the operator, exit status 2."""
+
+
+def _where(url: str, default_port: int) -> str:
+    """`host:port` of a service URL, never its user or password."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    host = parts.hostname or (query.get("host") or ["localhost"])[-1]
+    try:
+        port = parts.port or default_port
+    except ValueError:
+        return host
+    return f"{host}:{port}"
+
+
+def check_database_url(database_url: str) -> None:
+    """Everything about `DATABASE_URL` that can be known without connecting (BadSetting)."""
+    try:
+        sqlite_path(database_url)  # the store's own parsing: scheme, file, options
+    except ValueError as exc:
+        message = str(exc) if "DATABASE_URL" in str(exc) else f"DATABASE_URL: {exc}"
+        raise BadSetting(message) from None
+    query = parse_qs(urlsplit(database_url).query)
+    for name in ("sslmode", "ssl"):
+        for value in query.get(name, []):
+            if value not in SSL_MODES:
+                raise BadSetting(
+                    f"DATABASE_URL: {name}={value!r} is not one of {', '.join(sorted(SSL_MODES))}"
+                )
+
+
+def check_redis_url(redis_url: str | None) -> None:
+    if redis_url is None:
+        return
+    scheme = urlsplit(redis_url).scheme.lower()
+    if scheme not in REDIS_SCHEMES or not urlsplit(redis_url).hostname:
+        raise BadSetting("REDIS_URL: expected redis://host:port/db or rediss://host:port/db")
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything else starts (BadSetting when it cannot be)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise BadSetting(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        raise BadSetting(f"cannot listen on {host}:{port}: {reason.lower()}") from None
+    return sock
+
+
 def _serve(settings: Settings) -> int:
     from aiohttp import web
 
+    from chat_server.errors import StoreUnavailable
     from chat_server.gctune import tune_gc_on_startup
     from chat_server.web.app import create_app
 
+    # Bad settings first, then the port, and only then the database (migrations run at start):
+    # an operator who mistyped something hears about it before anything has changed.
+    try:
+        check_database_url(settings.database_url)
+        check_redis_url(settings.redis_url)
+        if not settings.jwt_secret and sqlite_path(settings.database_url) is None:
+            raise BadSetting("CHAT_JWT_SECRET is required when DATABASE_URL is PostgreSQL")
+        sock = listening_socket(settings.host, settings.port)
+    except BadSetting as exc:
+        print(f"chat-server: {exc}", file=sys.stderr)
+        return 2
     app = create_app(settings)
     app.on_startup.append(tune_gc_on_startup)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop=_new_event_loop(),
-        shutdown_timeout=settings.shutdown_grace_s,
-    )
+    try:
+        web.run_app(
+            app,
+            sock=sock,
+            loop=_new_event_loop(),
+            shutdown_timeout=settings.shutdown_grace_s,
+        )
+    except StoreUnavailable as exc:
+        database_file = sqlite_path(settings.database_url)
+        where = database_file or _where(settings.database_url, 5432)
+        print(f"chat-server: cannot start: {exc} at {where}", file=sys.stderr)
+        return 1
+    finally:
+        sock.close()
     return 0
 
 
@@ -85,8 +172,22 @@ def _token(settings: Settings, user_id: str, ttl: int) -> int:
     if not valid_user_id(user_id):
         print("chat-server: a user id is 1-128 printable characters", file=sys.stderr)
         return 2
+    if ttl <= 0:
+        # A token that is born expired would be refused by every server: say so instead.
+        print(f"chat-server: --ttl must be a positive number of seconds, not {ttl}",
+              file=sys.stderr)
+        return 2
     try:
-        secret = load_or_create_secret(settings.jwt_secret, sqlite_path(settings.database_url))
+        database_file = sqlite_path(settings.database_url)
+        if not settings.jwt_secret and database_file is not None:
+            path = secret_file(database_file)
+            if not path.exists():
+                # A secret made here would sign tokens that no running server accepts.
+                print(f"chat-server: no secret at {path} yet: run `chat-server token` where "
+                      f"`chat-server serve` runs (its first start creates it), or set "
+                      f"CHAT_JWT_SECRET", file=sys.stderr)
+                return 2
+        secret = load_or_create_secret(settings.jwt_secret, database_file)
     except ValueError as exc:
         print(f"chat-server: {exc}", file=sys.stderr)
         return 2

@@ -87,13 +87,18 @@ def bearer_token(header_value: str | None) -> str | None:
     return token.strip()
 
 
+def secret_file(sqlite_file: Path) -> Path:
+    """Where a generated secret is kept: beside the SQLite database."""
+    return sqlite_file.with_name(sqlite_file.name + ".jwt-secret")
+
+
 def load_or_create_secret(configured: str | None, sqlite_file: Path | None) -> str:
     """`CHAT_JWT_SECRET`, else a random secret kept beside the SQLite database (mode 0600)."""
     if configured:
         return configured
     if sqlite_file is None:
         raise ValueError("CHAT_JWT_SECRET is required when DATABASE_URL is PostgreSQL")
-    path = sqlite_file.with_name(sqlite_file.name + ".jwt-secret")
+    path = secret_file(sqlite_file)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         _publish_new_secret(path)

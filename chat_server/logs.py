@@ -56,6 +56,9 @@ def configure_logging(log_format: str = "plain", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Alembic announces each of its autogenerate plugins at INFO whenever it loads, on every
+    # start; none of that concerns an operator. Its migration lines keep their level.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def configure_logging_from_env() -> None:

@@ -70,15 +70,40 @@ def find_binary(name: str) -> str | None:
     return None
 
 
+#: The Debian package that brings each program the tests run (named in a skip, so that the
+#: message says what to install). The README's test section installs them all in one line.
+DEBIAN_PACKAGES = {
+    "redis-server": "redis-server",
+    "nginx": "nginx",
+    "initdb": "postgresql",
+    "pg_ctl": "postgresql",
+    "postgres": "postgresql",
+    "openssl": "openssl",
+    "chromium": "chromium",
+    "chromedriver": "chromium-driver",
+}
+
+
 def require_binary(name: str) -> str:
     """The path of ``name``; skips the calling test when it is not installed (our only skip)."""
-    found = find_binary(name)
-    if found is None:
+    return require_binaries(name)[0]
+
+
+def require_binaries(*names: str) -> list[str]:
+    """The paths of every one of ``names``, checked before anything starts; skips the calling test,
+    naming every missing program and its Debian package, when any is not installed.
+
+    Outside CI that is a clean skip; with ``CI=true`` tests/conftest.py turns a skip into a failure.
+    """
+    found = {name: find_binary(name) for name in names}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        packages = sorted({DEBIAN_PACKAGES.get(name, name) for name in missing})
         pytest.skip(
-            f"{name!r} is not installed (not on PATH, in /usr/sbin or /usr/lib/postgresql/*/bin); "
-            "install the Debian packages redis-server, nginx and postgresql (.ci/run does)"
+            f"not installed: {', '.join(missing)} (looked on PATH, in /usr/sbin and "
+            f"/usr/lib/postgresql/*/bin); install with: apt-get install {' '.join(packages)}"
         )
-    return found
+    return [path for path in found.values() if path is not None]
 
 
 def free_port() -> int:

@@ -34,6 +34,10 @@ def test_dev_procfile_starts_redis_three_workers_and_nginx() -> None:
     )
     assert env["REDIS_URL"].endswith(":6390/0")
     assert "--port 6390" in processes["redis"]
+    # nginx starts once every worker is ready, so the cluster never answers 502 while starting.
+    nginx = processes["nginx"]
+    assert "for port in 8001 8002 8003" in nginx and "/readyz" in nginx
+    assert nginx.index("/readyz") < nginx.index("exec nginx")
 
 
 def test_dev_nginx_conf_holds_the_rendered_template_and_passes_nginx_check(

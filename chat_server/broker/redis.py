@@ -14,6 +14,7 @@ import random
 import secrets
 from collections import deque
 from typing import Any
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -39,7 +40,10 @@ class RedisBroker:
         command_timeout_s: float = 2.0,
         reconnect_max_s: float = 2.0,
         max_queued: int = 100_000,
+        where: str = "redis",
     ) -> None:
+        #: host:port (never a password), named in every log line about the connection.
+        self.where = where
         self._publisher = publisher
         self._subscriber = subscriber
         self._prefix = prefix
@@ -77,7 +81,10 @@ class RedisBroker:
         # No silent retries on the subscriber: redis-py would reconnect and resubscribe behind
         # our back, and the messages lost in between would never be re-read from the database.
         subscriber = Redis.from_url(url, retry=Retry(NoBackoff(), 0), **common)
-        return cls(publisher, subscriber, command_timeout_s=command_timeout_s, **options)
+        parts = urlsplit(url)
+        where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+        return cls(publisher, subscriber, command_timeout_s=command_timeout_s, where=where,
+                   **options)
 
     @property
     def state(self) -> BrokerState:
@@ -123,7 +130,12 @@ class RedisBroker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any way the connection can end: reconnect
-                log.warning("redis subscriber connection lost: %s", exc.__class__.__name__)
+                if self.connections == 0:
+                    log.warning("cannot reach Redis at %s (%s); serving this worker's sockets "
+                                "meanwhile, retrying", self.where, exc.__class__.__name__)
+                else:
+                    log.warning("redis subscriber connection to %s lost: %s; reconnecting",
+                                self.where, exc.__class__.__name__)
             failures = 1 if self.connections > connections_before else failures + 1
             # Exponential backoff with jitter, so a fleet does not reconnect in lockstep.
             ceiling = min(self._reconnect_max_s, 0.05 * 2 ** min(failures, 10))
@@ -198,7 +210,7 @@ class RedisBroker:
         self.connections += 1
         if self._listener is not None:
             self._listener.on_state(self._state)
-        log.info("redis subscriber connected (connection %d)", self.connections)
+        log.info("redis subscriber connected to %s (connection %d)", self.where, self.connections)
         if self._listener is not None:
             # Whatever was published while we were not subscribed is in the database.
             self._listener.on_resync()

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.services import REPO_ROOT, free_port, require_binary
+from tests.services import REPO_ROOT, free_port, require_binaries
 
 pytest.importorskip("selenium")
 
@@ -56,7 +56,14 @@ CHROMIUM_FLAGS = (
 
 
 @pytest.fixture
-def demo_server(tmp_path: Path) -> Iterator[str]:
+def browser_binaries() -> tuple[str, str]:
+    """(chromium, chromedriver); checked before the server starts, so a skip leaves nothing."""
+    chromium, chromedriver = require_binaries("chromium", "chromedriver")
+    return chromium, chromedriver
+
+
+@pytest.fixture
+def demo_server(tmp_path: Path, browser_binaries: tuple[str, str]) -> Iterator[str]:
     """`chat-server serve --demo` in its own process, on a temp SQLite file and a free port."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_", "DATABASE_URL"))}
@@ -95,10 +102,9 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], log_path: Path) 
 
 
 @pytest.fixture
-def open_page() -> Iterator[Callable[[str], WebDriver]]:
+def open_page(browser_binaries: tuple[str, str]) -> Iterator[Callable[[str], WebDriver]]:
     """`open_page(url)`: a fresh headless Chromium (own profile dir) on that page."""
-    chromium = require_binary("chromium")
-    chromedriver = require_binary("chromedriver")
+    chromium, chromedriver = browser_binaries
     drivers: list[WebDriver] = []
     profiles: list[tempfile.TemporaryDirectory[str]] = []
 

@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,3 +134,108 @@ def test_bad_setting_is_reported_not_raised(
     monkeypatch.setenv("CHAT_MAX_FRAME_BYTES", "lots")
     assert main(["token", "alice"]) == 2
     assert "CHAT_MAX_FRAME_BYTES: 'lots' is not a valid value" in capsys.readouterr().err
+
+
+def _one_line_refusal(done: subprocess.CompletedProcess[str], status: int) -> str:
+    """The single `chat-server: …` line of a refused start (no traceback, no log noise)."""
+    assert done.returncode == status, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("chat-server: "), done.stderr
+    assert done.stdout == ""
+    return lines[0]
+
+
+def test_serve_on_a_port_in_use_says_so_before_migrating(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_cli(cli_env(tmp_path), "serve", "--port", str(port))
+    line = _one_line_refusal(done, 2)
+    assert f"127.0.0.1:{port}" in line and "address already in use" in line
+    assert not (tmp_path / "data" / "chat.db").exists()  # nothing migrated
+
+
+@pytest.mark.parametrize(
+    ("database_url", "expected"),
+    [
+        ("mysql://chat:hunter2@db/chat", "unsupported DATABASE_URL scheme 'mysql'"),
+        ("sqlite://", "must name a file"),
+        ("postgresql://chat:hunter2@127.0.0.1/chat?sslmode=bogus", "sslmode='bogus'"),
+        ("postgresql://chat:hunter2@127.0.0.1/chat?nonsense=1", "option(s) nonsense"),
+    ],
+)
+def test_serve_refuses_a_bad_database_url_in_one_line(
+    tmp_path: Path, database_url: str, expected: str
+) -> None:
+    env = {**cli_env(tmp_path), "CHAT_JWT_SECRET": "configured-secret-configured-secret"}
+    done = run_cli(env, "serve", "--port", str(free_port()), "--database-url", database_url)
+    line = _one_line_refusal(done, 2)
+    assert expected in line and "hunter2" not in line
+
+
+def test_serve_refuses_a_redis_url_that_is_not_redis(tmp_path: Path) -> None:
+    done = run_cli(cli_env(tmp_path), "serve", "--port", str(free_port()),
+                   "--redis-url", "http://127.0.0.1:6379")
+    assert "REDIS_URL" in _one_line_refusal(done, 2)
+
+
+def test_serve_without_a_reachable_postgresql_names_host_and_port(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    env = {**cli_env(tmp_path), "CHAT_JWT_SECRET": "configured-secret-configured-secret"}
+    done = run_cli(env, "serve", "--port", str(free_port()), "--database-url",
+                   f"postgresql://chat:hunter2@127.0.0.1:{port}/chat")
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "hunter2" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (f"chat-server: cannot start: database unavailable (ConnectionRefusedError) "
+                    f"at 127.0.0.1:{port}")
+    assert "alembic.runtime.plugins" not in done.stderr
+
+
+def test_serve_with_redis_unreachable_names_it_and_serves(tmp_path: Path) -> None:
+    redis_port = free_port()  # nothing listens there
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    expected = f"cannot reach Redis at 127.0.0.1:{redis_port} (ConnectionError)"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "chat_server", "serve", "--port", str(port),
+             "--redis-url", f"redis://:hunter2@127.0.0.1:{redis_port}/0"],
+            env=cli_env(tmp_path), stdout=log, stderr=subprocess.STDOUT, text=True,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while expected not in log_path.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)  # a line another process logs: no event to await
+        # The README: a worker serves while Redis is away.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as health:
+            assert health.status == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+    assert "hunter2" not in log_path.read_text()
+
+
+def test_token_refuses_to_create_a_secret_no_server_uses(tmp_path: Path) -> None:
+    done = run_cli(cli_env(tmp_path), "token", "alice")
+    line = _one_line_refusal(done, 2)
+    assert "where `chat-server serve` runs" in line and "CHAT_JWT_SECRET" in line
+    assert not (tmp_path / "data" / "chat.db.jwt-secret").exists()
+
+
+@pytest.mark.parametrize("ttl", ["0", "-5"])
+def test_token_refuses_a_lifetime_that_is_not_positive(tmp_path: Path, ttl: str) -> None:
+    env = {**cli_env(tmp_path), "CHAT_JWT_SECRET": "configured-secret-configured-secret"}
+    done = run_cli(env, "token", "alice", "--ttl", ttl)
+    assert "--ttl must be a positive" in _one_line_refusal(done, 2)
+
+
+def test_version_is_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from chat_server import __version__
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"chat-server {__version__}\n"

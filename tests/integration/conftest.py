@@ -28,7 +28,14 @@ import pytest
 
 from chat_server.auth import TokenAuthority
 from tests.conftest import SECRET
-from tests.services import LOCALHOST, NginxServer, RedisServer, TcpProxy, free_port
+from tests.services import (
+    LOCALHOST,
+    NginxServer,
+    RedisServer,
+    TcpProxy,
+    free_port,
+    require_binaries,
+)
 from tests.stomp_client import ChatClient, Dropped
 from tests.waiting import eventually
 
@@ -223,6 +230,10 @@ class Cluster:
     def b(self) -> Worker:
         return self.workers[1]
 
+    def stop_extra(self) -> None:
+        for nginx in self.extra:
+            nginx.stop()
+
     def logs(self) -> str:
         return "\n".join(worker.output() for worker in self.workers)
 
@@ -255,36 +266,43 @@ ClusterFactory = Callable[..., Cluster]
 
 @pytest.fixture
 def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
-    """`make_cluster(via_proxy=False, **settings)`: Redis, 2 workers (CHAT_ settings), nginx."""
-    made: list[Cluster] = []
+    """`make_cluster(via_proxy=False, **settings)`: Redis, 2 workers (CHAT_ settings), nginx.
 
-    def make(*, via_proxy: bool = False, **settings: str | float) -> Cluster:
-        redis = RedisServer(tmp_path)
-        redis.start()
-        proxy = TcpProxy(redis.host, redis.port) if via_proxy else None
-        cluster_dir = tmp_path
-        database_path = tmp_path / "chat.db"
-        database_url = f"sqlite:///{database_path}"
-        redis_url = f"redis://{LOCALHOST}:{proxy.port}/0" if proxy is not None else redis.url
-        env = worker_env(database_url, redis_url, **settings)
-        workers = [Worker(name, cluster_dir, env) for name in ("worker-a", "worker-b")]
-        nginx = NginxServer(tmp_path, [worker.port for worker in workers])
-        cluster = Cluster(tmp_path, redis, workers, nginx, database_path, proxy)
-        made.append(cluster)
-        migrate(database_url, tmp_path)
-        start_workers(workers)
-        nginx.start()
-        return cluster
+    Every program is looked for before anything starts (a missing one skips the test with nothing
+    left behind), and each process is put on the teardown stack the moment it is started, so a
+    failure half way through a start still stops what did come up.
+    """
+    with contextlib.ExitStack() as teardown:
 
-    yield make
-    for cluster in made:
-        for nginx in [*cluster.extra, cluster.nginx]:
-            nginx.stop()
-        for worker in cluster.workers:
-            worker.stop()
-        if cluster.proxy is not None:
-            cluster.proxy.stop()
-        cluster.redis.stop()
+        def make(*, via_proxy: bool = False, **settings: str | float) -> Cluster:
+            require_binaries("redis-server", "nginx")
+            redis = RedisServer(tmp_path)
+            database_path = tmp_path / "chat.db"
+            database_url = f"sqlite:///{database_path}"
+            ports = [free_port(), free_port()]
+            nginx = NginxServer(tmp_path, ports)
+            redis.start()
+            teardown.callback(redis.stop)
+            proxy = None
+            if via_proxy:
+                proxy = TcpProxy(redis.host, redis.port)
+                teardown.callback(proxy.stop)
+            redis_url = f"redis://{LOCALHOST}:{proxy.port}/0" if proxy is not None else redis.url
+            env = worker_env(database_url, redis_url, **settings)
+            workers = [Worker(name, tmp_path, env, port=port)
+                       for name, port in zip(("worker-a", "worker-b"), ports, strict=True)]
+            cluster = Cluster(tmp_path, redis, workers, nginx, database_path, proxy)
+            # Stopped in reverse: the extra nginx instances, nginx, the workers, then Redis.
+            for worker in workers:
+                teardown.callback(worker.stop)
+            teardown.callback(nginx.stop)
+            teardown.callback(cluster.stop_extra)
+            migrate(database_url, tmp_path)
+            start_workers(workers)
+            nginx.start()
+            return cluster
+
+        yield make
 
 
 @pytest.fixture

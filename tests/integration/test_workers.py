@@ -208,11 +208,11 @@ async def test_gunicorn_procfile_command_two_workers_chat_and_sigterm(
     tmp_path: Path, http: aiohttp.ClientSession, clients: ClientFactory
 ) -> None:
     redis = RedisServer(tmp_path)
-    redis.start()
     port = free_port()
     database_url = f"sqlite:///{tmp_path / 'chat.db'}"
     env = worker_env(database_url, redis.url)
     server = Worker("gunicorn", tmp_path, env, port=port, command=gunicorn_command(port))
+    redis.start()
     try:
         migrate(database_url, tmp_path)  # the Procfile's release: step
         server.start()
