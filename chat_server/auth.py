@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import time
@@ -35,11 +36,14 @@ class Identity:
 class TokenAuthority:
     """Checks and mints tokens with one secret."""
 
-    def __init__(self, secret: str, *, leeway_s: float = LEEWAY_S) -> None:
+    def __init__(
+        self, secret: str, *, leeway_s: float = LEEWAY_S, require_exp: bool = True
+    ) -> None:
         if not secret:
             raise ValueError("the JWT secret must not be empty")
         self._secret = secret
         self._leeway_s = leeway_s
+        self._required = ["sub", "exp"] if require_exp else ["sub"]
 
     def verify(self, token: str) -> Identity:
         try:
@@ -48,7 +52,7 @@ class TokenAuthority:
                 self._secret,
                 algorithms=[ALGORITHM],  # never "none", never a key-confusion algorithm
                 leeway=self._leeway_s,
-                options={"require": ["sub"]},
+                options={"require": self._required},
             )
         except jwt.PyJWTError as exc:
             raise AuthenticationFailed("authentication failed") from exc
@@ -56,9 +60,16 @@ class TokenAuthority:
         if not valid_user_id(subject):
             raise AuthenticationFailed("authentication failed")
         expires = claims.get("exp")
+        if expires is None:
+            return Identity(UserId(str(subject)), None)  # only where require_exp is off
+        # PyJWT checks `int(exp)`, so "9999999999" or true pass its check; RFC 7519 4.1.4 says
+        # NumericDate, and a session is timed by this very value: a JSON number or nothing.
+        if isinstance(expires, bool) or not isinstance(expires, int | float):
+            raise AuthenticationFailed("authentication failed")
+        if not math.isfinite(expires):
+            raise AuthenticationFailed("authentication failed")
         # The same leeway holds while connected: a session ends at exp + leeway, this clock.
-        expires_at = float(expires) + self._leeway_s if isinstance(expires, int | float) else None
-        return Identity(UserId(str(subject)), expires_at)
+        return Identity(UserId(str(subject)), float(expires) + self._leeway_s)
 
     def mint(self, user_id: str, ttl_s: int = 86400) -> str:
         now = int(time.time())

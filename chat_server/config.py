@@ -48,6 +48,9 @@ class Settings:
     auth_failures_per_min: float = 10.0
     #: Clock skew tolerated on a token's `exp`, at CONNECT and while connected alike.
     jwt_leeway_s: float = 30.0
+    #: Refuse tokens without an `exp` claim (a session without an end); off only for hosts
+    #: whose tokens carry none.
+    jwt_require_exp: bool = True
     max_user_headers: int = 8
     max_user_header_bytes: int = 1024
 

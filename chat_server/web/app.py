@@ -71,7 +71,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         chat=ChatService(store, broker, metrics),
         metrics=metrics,
         fanout=fanout,
-        tokens=TokenAuthority(secret, leeway_s=settings.jwt_leeway_s),
+        tokens=TokenAuthority(
+            secret, leeway_s=settings.jwt_leeway_s, require_exp=settings.jwt_require_exp
+        ),
         connections=Connections(settings.max_connections_per_user, settings.max_connections_per_ip),
         rest_limiter=RateLimiter(settings.rest_requests_per_s, settings.rest_burst),
         auth_failures=RateLimiter(
