@@ -7,7 +7,12 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from chat_server.auth import TokenAuthority, load_or_create_secret, valid_user_id
+from chat_server.auth import (
+    TokenAuthority,
+    load_or_create_secret,
+    make_private_directory,
+    valid_user_id,
+)
 from chat_server.config import Settings
 from chat_server.logs import configure_logging_from_env
 from chat_server.store.urls import sqlite_path
@@ -99,6 +104,9 @@ def _migrate(settings: Settings) -> int:
     from chat_server.store.migrate import migrate
 
     try:
+        database_file = sqlite_path(settings.database_url)
+        if database_file is not None:
+            make_private_directory(database_file.parent)
         asyncio.run(migrate(settings.database_url))
     except StoreUnavailable as exc:
         # A release step that cannot reach its database: say so, no traceback, non-zero exit.

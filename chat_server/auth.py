@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -98,6 +99,14 @@ def bearer_token(header_value: str | None) -> str | None:
     return token.strip()
 
 
+def make_private_directory(directory: Path) -> None:
+    """Create the directory of the database and its secret, 0700, if it is not there yet;
+    an existing one is left as its owner made it. A failure is reported by whatever next writes
+    there (the store says the database is unavailable)."""
+    with contextlib.suppress(OSError):
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
 def load_or_create_secret(configured: str | None, sqlite_file: Path | None) -> str:
     """`CHAT_JWT_SECRET`, else a random secret kept beside the SQLite database (mode 0600)."""
     if configured:
@@ -105,7 +114,7 @@ def load_or_create_secret(configured: str | None, sqlite_file: Path | None) -> s
     if sqlite_file is None:
         raise ValueError("CHAT_JWT_SECRET is required when DATABASE_URL is PostgreSQL")
     path = sqlite_file.with_name(sqlite_file.name + ".jwt-secret")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_directory(path.parent)
     if not path.exists():
         _publish_new_secret(path)
     secret = path.read_text(encoding="ascii").strip()

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from chat_server.auth import TokenAuthority, load_or_create_secret
+from chat_server.auth import TokenAuthority, load_or_create_secret, make_private_directory
 from chat_server.broker.base import Broker
 from chat_server.broker.memory import MemoryBroker
 from chat_server.broker.redis import RedisBroker
@@ -42,7 +42,10 @@ def build_broker(settings: Settings) -> Broker:
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    secret = load_or_create_secret(settings.jwt_secret, sqlite_path(settings.database_url))
+    database_file = sqlite_path(settings.database_url)
+    if database_file is not None:
+        make_private_directory(database_file.parent)  # before the store makes it 0755
+    secret = load_or_create_secret(settings.jwt_secret, database_file)
     store = await open_store(
         settings.database_url,
         pool_size=settings.db_pool_size,
