@@ -17,6 +17,7 @@ from chat_server.chat import ChatService
 from chat_server.config import Settings
 from chat_server.fanout import Fanout
 from chat_server.metrics import Metrics
+from chat_server.proxies import TrustedProxies
 from chat_server.ratelimit import RateLimiter
 from chat_server.store.sql import open_store
 from chat_server.store.urls import sqlite_path
@@ -83,6 +84,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             settings.auth_failures_per_min / 60, settings.auth_failures_per_min
         ),
         keepalive=keepalive,
+        proxies=TrustedProxies(settings.trusted_proxies),
     )
     try:
         yield
