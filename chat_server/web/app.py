@@ -114,7 +114,11 @@ async def _close_sessions(app: web.Application) -> None:
 def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings.from_env()
     app = web.Application(
-        client_max_size=settings.max_rest_body_bytes, middlewares=[error_middleware]
+        client_max_size=settings.max_rest_body_bytes,
+        middlewares=[error_middleware],
+        # Never inflate a request body: aiohttp would do it on the event loop as the bytes
+        # arrive, even for a request that is refused, and error_middleware refuses them (415).
+        handler_args={"auto_decompress": False},
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_services)
