@@ -60,20 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(settings: Settings) -> int:
-    from aiohttp import web
-
     from chat_server.gctune import tune_gc_on_startup
     from chat_server.web.app import create_app
+    from chat_server.web.serving import run
 
     app = create_app(settings)
     app.on_startup.append(tune_gc_on_startup)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop=_new_event_loop(),
-        shutdown_timeout=settings.shutdown_grace_s,
-    )
+    run(app, settings, _new_event_loop())  # run_app, plus a bound on the request head time
     return 0
 
 

@@ -33,6 +33,9 @@ class Settings:
     max_unacked: int = 1000
     max_pipelined_sends: int = 32
     connect_timeout_s: float = 10.0
+    #: Longest time from a connection's opening (or a later request's first byte) to the end
+    #: of its HTTP request head; past it the connection is closed (slowloris). 0: no bound.
+    request_head_timeout_s: float = 10.0
     heartbeat_ms: int = 10000
     ws_ping_s: float = 25.0
     outbox_bytes: int = 524288
