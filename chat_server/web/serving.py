@@ -1,9 +1,10 @@
-"""How the app is served: aiohttp's HTTP server, plus a bound on the time to a request head.
+"""How the app is served: aiohttp's HTTP server, plus a bound on the time to a request head
+and JSON answers (and one log line) for requests that cannot be parsed.
 
 aiohttp times nothing between a connection's first byte and the end of its request head but
 its keep-alive timer (75 s under `serve`, gunicorn's `--keep-alive` under the Procfile), so a
 client sending one header line every few seconds holds a socket that long per connection
-(BAD_INPUTS W16). `HeadTimeoutHandler` closes a connection whose head is not complete within
+(BAD_INPUTS W16). `ChatRequestHandler` closes a connection whose head is not complete within
 `CHAT_REQUEST_HEAD_TIMEOUT_S` of its opening, or of the first byte of a later request on it.
 Both `chat-server serve` (`run`) and the gunicorn workers (`gunicorn_runner`) use `ChatRunner`.
 """
@@ -17,6 +18,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_request import BaseRequest
 from aiohttp.web_runner import GracefulExit
 
 from chat_server.config import Settings
@@ -28,8 +31,15 @@ log = logging.getLogger(__name__)
 KEEPALIVE_S = 75.0
 
 
-class HeadTimeoutHandler(web.RequestHandler):
-    """aiohttp's per-connection protocol with a head timer.
+_MALFORMED_CODES = {
+    413: "request_too_large",
+    431: "request_header_fields_too_large",
+}
+
+
+class ChatRequestHandler(web.RequestHandler):
+    """aiohttp's per-connection protocol with a head timer, and quiet JSON answers to requests
+    it cannot parse.
 
     "Waiting for a head" is what aiohttp's own keep-alive check uses: its request loop awaits
     `_waiter`. A head is known complete once aiohttp's count of parsed requests moves past the
@@ -48,6 +58,8 @@ class HeadTimeoutHandler(web.RequestHandler):
         return self._waiter is not None and not self._waiter.done()
 
     def _head_began(self) -> None:
+        if not self._head_timeout_s:
+            return
         self._head_index = self._request_count
         self._head_deadline = self._loop.time() + self._head_timeout_s
         if self._head_timer is None:
@@ -79,6 +91,27 @@ class HeadTimeoutHandler(web.RequestHandler):
         ):
             self._head_began()
 
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """A request aiohttp could not parse (a NUL in a header, too many or too long headers):
+        one WARNING line without the request's bytes (they may hold a token), and a JSON answer
+        like every other error. Anything else is aiohttp's business, as before."""
+        if not isinstance(exc, HttpProcessingError) or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        log.warning("refused a malformed HTTP request from %s: %s (%s)",
+                    request.remote, status, type(exc).__name__)
+        code = _MALFORMED_CODES.get(status, "bad_request")
+        response = web.json_response(
+            {"error": {"code": code, "message": "malformed HTTP request"}}, status=status
+        )
+        response.force_close()
+        return response
+
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
@@ -86,21 +119,21 @@ class HeadTimeoutHandler(web.RequestHandler):
         super().connection_lost(exc)
 
 
-class HeadTimeoutServer(web.Server):
-    """aiohttp's protocol factory, making `HeadTimeoutHandler`s."""
+class ChatHttpServer(web.Server):
+    """aiohttp's protocol factory, making `ChatRequestHandler`s."""
 
     def __init__(self, *args: Any, head_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.head_timeout_s = head_timeout_s
 
     def __call__(self) -> web.RequestHandler:
-        return HeadTimeoutHandler(
+        return ChatRequestHandler(
             self, loop=self._loop, head_timeout_s=self.head_timeout_s, **self._kwargs
         )
 
 
 class ChatRunner(web.AppRunner):
-    """An AppRunner whose connections have the head timer (0: aiohttp's own server)."""
+    """An AppRunner whose connections are ChatRequestHandlers (head timer off with 0)."""
 
     def __init__(self, app: web.Application, *, head_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
@@ -108,9 +141,7 @@ class ChatRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
-        if not self._head_timeout_s:
-            return server
-        return HeadTimeoutServer(
+        return ChatHttpServer(
             server.request_handler,
             request_factory=server.request_factory,
             handler_cancellation=server.handler_cancellation,

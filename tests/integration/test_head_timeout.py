@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hardening.test_head_timeout import trickle_head
+from tests.hardening.test_http_server import trickle_head
 from tests.integration.conftest import Worker, worker_env
 from tests.services import free_port
 

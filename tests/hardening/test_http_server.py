@@ -1,9 +1,15 @@
-"""W16: a request head must be complete within CHAT_REQUEST_HEAD_TIMEOUT_S (slowloris); idle
-keep-alive connections and WebSockets are not that timer's business."""
+"""The HTTP server as `serve` and the gunicorn workers run it (web/serving.py).
+
+W16: a request head must be complete within CHAT_REQUEST_HEAD_TIMEOUT_S (slowloris); idle
+keep-alive connections and WebSockets are not that timer's business.
+W12/R15: a request aiohttp cannot parse gets a JSON error and one WARNING line, without the
+request's bytes (a token may be among them) and without a traceback."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -96,3 +102,40 @@ async def test_a_websocket_outlives_the_head_timeout(served: int) -> None:
         await asyncio.sleep(HEAD_TIMEOUT_S * 2)
         await ws.send_str("\n")  # a heart-beat EOL: still open
         assert not ws.closed
+
+
+TOKEN_PREFIX = "Bearer eyJhbGciOiJIUzI1NiJ9.secret-looking"
+GARBAGE = {
+    "nul-in-header": f"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: {TOKEN_PREFIX}"
+                     "\x00tail\r\n\r\n",
+    "2000-headers": f"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: {TOKEN_PREFIX}\r\n"
+                    + "".join(f"X-H{i}: v\r\n" for i in range(2000)) + "\r\n",
+    "10k-header": f"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: {TOKEN_PREFIX}"
+                  + "A" * 10240 + "\r\n\r\n",
+    "bad-method": f"G\x01T /healthz HTTP/1.1\r\nAuthorization: {TOKEN_PREFIX}\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("request_bytes", list(GARBAGE.values()), ids=list(GARBAGE))
+async def test_garbage_http_gets_json_and_one_quiet_log_line(
+    served: int, request_bytes: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    reader, writer = await asyncio.open_connection("127.0.0.1", served)
+    writer.write(request_bytes.encode("latin-1"))
+    try:
+        answer = await asyncio.wait_for(reader.read(), 5)  # then closed
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1].startswith(b"4"), answer[:200]  # HTTP/1.0: version unparsed
+    assert b"Content-Type: application/json" in head
+    assert json.loads(body)["error"]["code"] in {"bad_request", "request_header_fields_too_large"}
+    assert b"secret-looking" not in answer
+    await asyncio.sleep(0.05)
+    noisy = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert noisy == []
+    said = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(said) == 1
+    assert "secret-looking" not in said[0].getMessage()
+    assert "\n" not in said[0].getMessage()
