@@ -10,7 +10,13 @@ from collections.abc import Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from chat_server import __version__
-from chat_server.auth import TokenAuthority, load_or_create_secret, secret_file, valid_user_id
+from chat_server.auth import (
+    TokenAuthority,
+    load_or_create_secret,
+    make_private_directory,
+    secret_file,
+    valid_user_id,
+)
 from chat_server.config import Settings
 from chat_server.logs import configure_logging_from_env
 from chat_server.store.urls import sqlite_path
@@ -123,11 +129,10 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 def _serve(settings: Settings) -> int:
-    from aiohttp import web
-
     from chat_server.errors import StoreUnavailable
     from chat_server.gctune import tune_gc_on_startup
     from chat_server.web.app import create_app
+    from chat_server.web.serving import run
 
     # Bad settings first, then the port, and only then the database (migrations run at start):
     # an operator who mistyped something hears about it before anything has changed.
@@ -143,12 +148,8 @@ def _serve(settings: Settings) -> int:
     app = create_app(settings)
     app.on_startup.append(tune_gc_on_startup)
     try:
-        web.run_app(
-            app,
-            sock=sock,
-            loop=_new_event_loop(),
-            shutdown_timeout=settings.shutdown_grace_s,
-        )
+        # run_app, plus a bound on the time to a complete request head (web/serving.py)
+        run(app, settings, _new_event_loop(), sock)
     except StoreUnavailable as exc:
         database_file = sqlite_path(settings.database_url)
         where = database_file or _where(settings.database_url, 5432)
@@ -200,6 +201,9 @@ def _migrate(settings: Settings) -> int:
     from chat_server.store.migrate import migrate
 
     try:
+        database_file = sqlite_path(settings.database_url)
+        if database_file is not None:
+            make_private_directory(database_file.parent)
         asyncio.run(migrate(settings.database_url))
     except StoreUnavailable as exc:
         # A release step that cannot reach its database: say so, no traceback, non-zero exit.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import secrets
 import time
@@ -35,11 +37,14 @@ class Identity:
 class TokenAuthority:
     """Checks and mints tokens with one secret."""
 
-    def __init__(self, secret: str, *, leeway_s: float = LEEWAY_S) -> None:
+    def __init__(
+        self, secret: str, *, leeway_s: float = LEEWAY_S, require_exp: bool = True
+    ) -> None:
         if not secret:
             raise ValueError("the JWT secret must not be empty")
         self._secret = secret
         self._leeway_s = leeway_s
+        self._required = ["sub", "exp"] if require_exp else ["sub"]
 
     def verify(self, token: str) -> Identity:
         try:
@@ -48,7 +53,7 @@ class TokenAuthority:
                 self._secret,
                 algorithms=[ALGORITHM],  # never "none", never a key-confusion algorithm
                 leeway=self._leeway_s,
-                options={"require": ["sub"]},
+                options={"require": self._required},
             )
         except jwt.PyJWTError as exc:
             raise AuthenticationFailed("authentication failed") from exc
@@ -56,9 +61,16 @@ class TokenAuthority:
         if not valid_user_id(subject):
             raise AuthenticationFailed("authentication failed")
         expires = claims.get("exp")
+        if expires is None:
+            return Identity(UserId(str(subject)), None)  # only where require_exp is off
+        # PyJWT checks `int(exp)`, so "9999999999" or true pass its check; RFC 7519 4.1.4 says
+        # NumericDate, and a session is timed by this very value: a JSON number or nothing.
+        if isinstance(expires, bool) or not isinstance(expires, int | float):
+            raise AuthenticationFailed("authentication failed")
+        if not math.isfinite(expires):
+            raise AuthenticationFailed("authentication failed")
         # The same leeway holds while connected: a session ends at exp + leeway, this clock.
-        expires_at = float(expires) + self._leeway_s if isinstance(expires, int | float) else None
-        return Identity(UserId(str(subject)), expires_at)
+        return Identity(UserId(str(subject)), float(expires) + self._leeway_s)
 
     def mint(self, user_id: str, ttl_s: int = 86400) -> str:
         now = int(time.time())
@@ -92,6 +104,14 @@ def secret_file(sqlite_file: Path) -> Path:
     return sqlite_file.with_name(sqlite_file.name + ".jwt-secret")
 
 
+def make_private_directory(directory: Path) -> None:
+    """Create the directory of the database and its secret, 0700, if it is not there yet;
+    an existing one is left as its owner made it. A failure is reported by whatever next writes
+    there (the store says the database is unavailable)."""
+    with contextlib.suppress(OSError):
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
 def load_or_create_secret(configured: str | None, sqlite_file: Path | None) -> str:
     """`CHAT_JWT_SECRET`, else a random secret kept beside the SQLite database (mode 0600)."""
     if configured:
@@ -99,7 +119,7 @@ def load_or_create_secret(configured: str | None, sqlite_file: Path | None) -> s
     if sqlite_file is None:
         raise ValueError("CHAT_JWT_SECRET is required when DATABASE_URL is PostgreSQL")
     path = secret_file(sqlite_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_directory(path.parent)
     if not path.exists():
         _publish_new_secret(path)
     secret = path.read_text(encoding="ascii").strip()

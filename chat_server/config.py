@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from chat_server.proxies import parse_networks
+
 
 def _split_origins(raw: str) -> tuple[str, ...]:
     return tuple(origin.strip() for origin in raw.split(",") if origin.strip())
@@ -31,6 +33,9 @@ class Settings:
     max_unacked: int = 1000
     max_pipelined_sends: int = 32
     connect_timeout_s: float = 10.0
+    #: Longest time from a connection's opening (or a later request's first byte) to the end
+    #: of its HTTP request head; past it the connection is closed (slowloris). 0: no bound.
+    request_head_timeout_s: float = 10.0
     heartbeat_ms: int = 10000
     ws_ping_s: float = 25.0
     outbox_bytes: int = 524288
@@ -46,8 +51,14 @@ class Settings:
     #: CONNECTs with bad credentials per IP address per minute (also the burst); past it the
     #: address's WebSocket upgrades get 429 with Retry-After until the bucket refills.
     auth_failures_per_min: float = 10.0
+    #: Addresses/CIDRs of reverse proxies whose X-Forwarded-For is believed (proxies.py): the
+    #: per-address limits then key on the client behind them. Empty: the TCP peer, always.
+    trusted_proxies: tuple[str, ...] = ()
     #: Clock skew tolerated on a token's `exp`, at CONNECT and while connected alike.
     jwt_leeway_s: float = 30.0
+    #: Refuse tokens without an `exp` claim (a session without an end); off only for hosts
+    #: whose tokens carry none.
+    jwt_require_exp: bool = True
     max_user_headers: int = 8
     max_user_header_bytes: int = 1024
 
@@ -70,6 +81,7 @@ class Settings:
     gc_gen0_threshold: int = 10000
 
     def __post_init__(self) -> None:
+        parse_networks(self.trusted_proxies)  # refused at start, not at the first request
         for spec in fields(self):
             value = getattr(self, spec.name)
             if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:

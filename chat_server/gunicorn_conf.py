@@ -40,9 +40,13 @@ def child_exit(_server: Any, worker: Any) -> None:
 
 def post_worker_init(worker: Any) -> None:
     """In each worker, once the app is loaded and before it starts: the application's log
-    format and level (gunicorn's own loggers keep theirs), and GC tuning (gctune.py)."""
+    format and level (gunicorn's own loggers keep theirs), GC tuning (gctune.py), and the
+    server with a bound on the request head time (web/serving.py)."""
     from chat_server.gctune import tune_gc_on_startup
     from chat_server.logs import configure_logging_from_env
+    from chat_server.web.serving import gunicorn_runner
 
     configure_logging_from_env()
     worker.wsgi.on_startup.append(tune_gc_on_startup)
+    # aiohttp's worker runs the AppRunner an async `wsgi` callable returns, as it is.
+    worker.wsgi = gunicorn_runner(worker)

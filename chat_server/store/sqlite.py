@@ -9,6 +9,7 @@ a plain sqlite3 connection, and answers once: one trip per batch, however many s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import pathlib
@@ -54,6 +55,16 @@ def _use_wal(cursor: Any, attempts: int = 5) -> None:
     raise sqlite3.OperationalError("could not switch the database to WAL mode")
 
 
+def _make_private_if_new(cursor: Any) -> None:
+    """A database file this connection just created (still empty) becomes 0600, like the secret
+    kept beside it; SQLite gives its -wal and -shm files the database file's mode."""
+    cursor.execute("PRAGMA database_list")
+    path = next((row[2] for row in cursor.fetchall() if row[1] == "main"), "")
+    with contextlib.suppress(OSError):  # not ours to change: leave it as the operator made it
+        if path and os.stat(path).st_size == 0:
+            os.chmod(path, 0o600)
+
+
 def install_sqlite_hooks(engine: Engine, busy_timeout_ms: int, foreign_keys: bool) -> None:
     """Our settings on every new connection of `engine`, and the `BEGIN` our transactions need."""
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -62,6 +73,7 @@ def install_sqlite_hooks(engine: Engine, busy_timeout_ms: int, foreign_keys: boo
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
+            _make_private_if_new(cursor)
             # busy_timeout first: switching to WAL may itself have to wait for a lock.
             cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             _use_wal(cursor)
@@ -155,7 +167,7 @@ class SqliteBackend:
         acquire_timeout_s: float,
     ) -> None:
         """Raises OSError when the database's directory cannot be made."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # private, as the secret
         self._engine = create_async_engine(
             url,
             pool_size=pool_size,

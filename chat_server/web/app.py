@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from chat_server.auth import TokenAuthority, load_or_create_secret
+from chat_server.auth import TokenAuthority, load_or_create_secret, make_private_directory
 from chat_server.broker.base import Broker
 from chat_server.broker.memory import MemoryBroker
 from chat_server.broker.redis import RedisBroker
@@ -18,6 +18,7 @@ from chat_server.config import Settings
 from chat_server.fanout import Fanout
 from chat_server.inbound import SendReader
 from chat_server.metrics import Metrics
+from chat_server.proxies import TrustedProxies
 from chat_server.ratelimit import RateLimiter
 from chat_server.store.migrate import migrate
 from chat_server.store.sql import open_store
@@ -44,7 +45,10 @@ def build_broker(settings: Settings) -> Broker:
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    secret = load_or_create_secret(settings.jwt_secret, sqlite_path(settings.database_url))
+    database_file = sqlite_path(settings.database_url)
+    if database_file is not None:
+        make_private_directory(database_file.parent)  # before the store makes it 0755
+    secret = load_or_create_secret(settings.jwt_secret, database_file)
     await migrate(settings.database_url, busy_timeout_ms=settings.db_busy_timeout_ms)
     store = await open_store(
         settings.database_url,
@@ -76,13 +80,16 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         ),
         metrics=metrics,
         fanout=fanout,
-        tokens=TokenAuthority(secret, leeway_s=settings.jwt_leeway_s),
+        tokens=TokenAuthority(
+            secret, leeway_s=settings.jwt_leeway_s, require_exp=settings.jwt_require_exp
+        ),
         connections=Connections(settings.max_connections_per_user, settings.max_connections_per_ip),
         rest_limiter=RateLimiter(settings.rest_requests_per_s, settings.rest_burst),
         auth_failures=RateLimiter(
             settings.auth_failures_per_min / 60, settings.auth_failures_per_min
         ),
         keepalive=keepalive,
+        proxies=TrustedProxies(settings.trusted_proxies),
     )
     try:
         yield
@@ -112,7 +119,11 @@ async def _close_sessions(app: web.Application) -> None:
 def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings.from_env()
     app = web.Application(
-        client_max_size=settings.max_rest_body_bytes, middlewares=[error_middleware]
+        client_max_size=settings.max_rest_body_bytes,
+        middlewares=[error_middleware],
+        # Never inflate a request body: aiohttp would do it on the event loop as the bytes
+        # arrive, even for a request that is refused, and error_middleware refuses them (415).
+        handler_args={"auto_decompress": False},
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_services)

@@ -69,12 +69,40 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
     One coroutine, not two: it stays on the stack of every open WebSocket.
     """
-    try:
-        response = await handler(request)
-    except Exception as exc:
-        response = _error_response(request, exc)
+    if _encoded_body(request):
+        response = await _refuse_encoded_body(request)
+    else:
+        try:
+            response = await handler(request)
+        except Exception as exc:
+            response = _error_response(request, exc)
     if response.status >= 400 and (services := request.app.get(SERVICES)) is not None:
         services.metrics.errors.labels("rest", str(response.status)).inc()
+    return response
+
+
+def _encoded_body(request: web.Request) -> bool:
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    return encoding not in ("", "identity")
+
+
+async def _refuse_encoded_body(request: web.Request) -> web.StreamResponse:
+    """415 for a compressed request body, on any route; the connection is not reused.
+
+    No route takes one, and the app never inflates one (create_app turns aiohttp's
+    auto_decompress off), so a body of a few KiB cannot cost a GiB of inflating. A body still
+    arriving is not drained either: once the answer is out, the connection is closed.
+    """
+    response = json_error(
+        415, "unsupported_media_type", "compressed request bodies are not accepted"
+    )
+    response.force_close()
+    if request.content.is_eof():
+        return response
+    await response.prepare(request)
+    await response.write_eof()
+    if request.transport is not None:
+        request.transport.close()
     return response
 
 

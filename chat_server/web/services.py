@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -15,6 +15,7 @@ from chat_server.fanout import Fanout
 from chat_server.inbound import SendReader
 from chat_server.metrics import Metrics
 from chat_server.models import UserId
+from chat_server.proxies import TrustedProxies
 from chat_server.ratelimit import RateLimiter
 from chat_server.session import Session
 from chat_server.store.base import MessageStore
@@ -95,6 +96,14 @@ class Services:
     auth_failures: RateLimiter
     #: WebSocket pings for every socket of the worker.
     keepalive: KeepAlive
+    #: Who may tell us the client's address (CHAT_TRUSTED_PROXIES).
+    proxies: TrustedProxies = field(default_factory=TrustedProxies)
+
+    def client_address(self, request: web.Request) -> str:
+        """The address per-address limits key on (the peer, or who a trusted proxy names)."""
+        return self.proxies.client_address(
+            request.remote, request.headers.getall("X-Forwarded-For", [])
+        )
 
 
 SETTINGS = web.AppKey("settings", Settings)

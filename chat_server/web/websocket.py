@@ -51,7 +51,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return json_error(503, "shutting_down", "the server is shutting down")
     if not origin_allowed(request, settings.allowed_origins):
         return json_error(403, "origin_not_allowed", "this Origin may not open /ws")
-    ip = request.remote or "?"
+    ip = services.client_address(request)  # behind a trusted proxy: the client behind it
     retry_after = services.auth_failures.retry_after(ip)
     if retry_after:
         response = json_error(

@@ -1,0 +1,223 @@
+"""How the app is served: aiohttp's HTTP server, plus a bound on the time to a request head
+and JSON answers (and one log line) for requests that cannot be parsed.
+
+aiohttp times nothing between a connection's first byte and the end of its request head but
+its keep-alive timer (75 s under `serve`, gunicorn's `--keep-alive` under the Procfile), so a
+client sending one header line every few seconds holds a socket that long per connection
+(BAD_INPUTS W16). `ChatRequestHandler` closes a connection whose head is not complete within
+`CHAT_REQUEST_HEAD_TIMEOUT_S` of its opening, or of the first byte of a later request on it.
+Both `chat-server serve` (`run`) and the gunicorn workers (`gunicorn_runner`) use `ChatRunner`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_runner import GracefulExit
+
+from chat_server.config import Settings
+from chat_server.web.services import SETTINGS
+
+log = logging.getLogger(__name__)
+
+#: `serve`'s keep-alive: how long an idle HTTP connection is kept (aiohttp's run_app default).
+KEEPALIVE_S = 75.0
+
+
+_MALFORMED_CODES = {
+    413: "request_too_large",
+    431: "request_header_fields_too_large",
+}
+
+
+class ChatRequestHandler(web.RequestHandler):
+    """aiohttp's per-connection protocol with a head timer, and quiet JSON answers to requests
+    it cannot parse.
+
+    "Waiting for a head" is what aiohttp's own keep-alive check uses: its request loop awaits
+    `_waiter`. A head is known complete once aiohttp's count of parsed requests moves past the
+    count when it began.
+    """
+
+    def __init__(self, manager: web.Server, *, head_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._head_timeout_s = head_timeout_s
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_deadline = 0.0
+        #: Requests parsed on this connection when the timed head began.
+        self._head_index = -1
+
+    def _waiting_for_head(self) -> bool:
+        return self._waiter is not None and not self._waiter.done()
+
+    def _head_began(self) -> None:
+        if not self._head_timeout_s:
+            return
+        self._head_index = self._request_count
+        self._head_deadline = self._loop.time() + self._head_timeout_s
+        if self._head_timer is None:
+            self._head_timer = self._loop.call_at(self._head_deadline, self._head_overdue)
+
+    def _head_overdue(self) -> None:
+        self._head_timer = None
+        if self._head_index != self._request_count or not self._waiting_for_head():
+            return  # that head arrived; a later one is timed from its first byte
+        if self._loop.time() < self._head_deadline:  # a later head began after this timer
+            self._head_timer = self._loop.call_at(self._head_deadline, self._head_overdue)
+            return
+        log.debug("closing a connection whose request head took over %s s",
+                  self._head_timeout_s)
+        self.force_close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._head_began()  # the first head is timed from the connection's opening
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # A later head is timed from its first byte; an idle keep-alive connection is not
+        # (the keep-alive timer covers that), nor an upgraded one (no more heads).
+        if (
+            self._head_index != self._request_count
+            and self._waiting_for_head()
+            and not self._upgraded
+        ):
+            self._head_began()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """A request aiohttp could not parse (a NUL in a header, too many or too long headers):
+        one WARNING line without the request's bytes (they may hold a token), and a JSON answer
+        like every other error. Anything else is aiohttp's business, as before."""
+        if not isinstance(exc, HttpProcessingError) or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        log.warning("refused a malformed HTTP request from %s: %s (%s)",
+                    request.remote, status, type(exc).__name__)
+        code = _MALFORMED_CODES.get(status, "bad_request")
+        response = web.json_response(
+            {"error": {"code": code, "message": "malformed HTTP request"}}, status=status
+        )
+        response.force_close()
+        return response
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+
+class ChatHttpServer(web.Server):
+    """aiohttp's protocol factory, making `ChatRequestHandler`s."""
+
+    def __init__(self, *args: Any, head_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.head_timeout_s = head_timeout_s
+
+    def __call__(self) -> web.RequestHandler:
+        return ChatRequestHandler(
+            self, loop=self._loop, head_timeout_s=self.head_timeout_s, **self._kwargs
+        )
+
+
+class ChatRunner(web.AppRunner):
+    """An AppRunner whose connections are ChatRequestHandlers (head timer off with 0)."""
+
+    def __init__(self, app: web.Application, *, head_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._head_timeout_s = head_timeout_s
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        return ChatHttpServer(
+            server.request_handler,
+            request_factory=server.request_factory,
+            handler_cancellation=server.handler_cancellation,
+            loop=server._loop,
+            head_timeout_s=self._head_timeout_s,
+            **server._kwargs,
+        )
+
+
+async def _serve_forever(app: web.Application, settings: Settings, sock: socket.socket) -> None:
+    runner = ChatRunner(
+        app,
+        head_timeout_s=settings.request_head_timeout_s,
+        handle_signals=True,  # SIGINT/SIGTERM raise GracefulExit, as under run_app
+        keepalive_timeout=KEEPALIVE_S,
+        shutdown_timeout=settings.shutdown_grace_s,
+    )
+    await runner.setup()
+    try:
+        site = web.SockSite(runner, sock)
+        await site.start()
+        print(f"======== Running on {site.name} ========\n(Press CTRL+C to quit)", flush=True)
+        while True:
+            await asyncio.sleep(3600)
+    finally:
+        await runner.cleanup()
+
+
+def run(
+    app: web.Application,
+    settings: Settings,
+    loop: asyncio.AbstractEventLoop,
+    sock: socket.socket,
+) -> None:
+    """`chat-server serve` on a socket bound already: what aiohttp's run_app does, with
+    ChatRunner."""
+    asyncio.set_event_loop(loop)
+    main = loop.create_task(_serve_forever(app, settings, sock))
+    try:
+        loop.run_until_complete(main)
+    except (GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        if not main.done():
+            main.cancel()
+            with contextlib.suppress(asyncio.CancelledError, GracefulExit):
+                loop.run_until_complete(main)
+        _cancel_remaining(loop)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def _cancel_remaining(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+
+
+def gunicorn_runner(worker: Any) -> Callable[[], Awaitable[web.AppRunner]]:
+    """For aiohttp's gunicorn worker (`worker.wsgi`): a ChatRunner made with the same options
+    the worker gives its own AppRunner (aiohttp.worker.GunicornWebWorker._run)."""
+    app: web.Application = worker.wsgi
+    cfg = worker.cfg
+
+    async def make() -> web.AppRunner:
+        return ChatRunner(
+            app,
+            head_timeout_s=app[SETTINGS].request_head_timeout_s,
+            logger=worker.log,
+            keepalive_timeout=cfg.keepalive,
+            access_log=worker.log.access_log if cfg.accesslog else None,
+            access_log_format=worker._get_valid_log_format(cfg.access_log_format),
+            shutdown_timeout=cfg.graceful_timeout / 100 * 95,
+        )
+
+    return make
