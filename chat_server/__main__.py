@@ -130,8 +130,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 def _serve(settings: Settings) -> int:
     from chat_server.errors import StoreUnavailable
-    from chat_server.gctune import tune_gc_on_startup
-    from chat_server.web.app import create_app
+    from chat_server.web.app import create_app, tune_gc_on_startup
     from chat_server.web.serving import run
 
     # Bad settings first, then the port, and only then the database (migrations run at start):

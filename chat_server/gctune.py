@@ -19,10 +19,6 @@ from __future__ import annotations
 
 import gc
 import logging
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from aiohttp import web
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +35,3 @@ def tune_gc(gen0_threshold: int) -> None:
         "garbage collector tuned: %d start-up objects frozen, young generation up to %d",
         gc.get_freeze_count(), gen0_threshold,
     )
-
-
-async def tune_gc_on_startup(app: web.Application) -> None:
-    """An `on_startup` hook for server processes (not tests): runs after the services start,
-    so what they built is frozen too."""
-    from chat_server.web.services import SETTINGS
-
-    tune_gc(app[SETTINGS].gc_gen0_threshold)

@@ -2,7 +2,8 @@
 
 Loaded by the gunicorn master (`--config python:chat_server.gunicorn_conf`) before any worker
 starts. prometheus_client picks its multiprocess mode when it is first imported, so the
-directory is set here, at import, and the library is imported in the master only on demand.
+directory is set here, at import, and chat_server.metrics (the one module that imports the
+library) is imported in the master only on demand.
 """
 
 from __future__ import annotations
@@ -33,17 +34,17 @@ metrics_directory = _metrics_directory()
 
 def child_exit(_server: Any, worker: Any) -> None:
     """A worker is gone: its live gauges (connections, subscriptions) stop counting."""
-    from prometheus_client import multiprocess
+    from chat_server.metrics import mark_process_dead
 
-    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+    mark_process_dead(worker.pid)
 
 
 def post_worker_init(worker: Any) -> None:
     """In each worker, once the app is loaded and before it starts: the application's log
     format and level (gunicorn's own loggers keep theirs), GC tuning (gctune.py), and the
     server with a bound on the request head time (web/serving.py)."""
-    from chat_server.gctune import tune_gc_on_startup
     from chat_server.logs import configure_logging_from_env
+    from chat_server.web.app import tune_gc_on_startup
     from chat_server.web.serving import gunicorn_runner
 
     configure_logging_from_env()

@@ -91,3 +91,8 @@ class Metrics:
         """One sample of this process (tests and diagnostics)."""
         found = self.registry.get_sample_value(name, labels or {})
         return 0.0 if found is None else found
+
+
+def mark_process_dead(pid: int) -> None:
+    """A gunicorn worker is gone: its live gauges (connections, subscriptions) stop counting."""
+    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

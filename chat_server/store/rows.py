@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
 from sqlalchemy import Row
 
+from chat_server import codec
 from chat_server.models import (
     ChatMessage,
     MessageId,
@@ -20,11 +20,11 @@ from chat_server.models import (
 
 
 def encode_headers(headers: UserHeaders) -> str:
-    return orjson.dumps([list(pair) for pair in headers]).decode()
+    return codec.dumps([list(pair) for pair in headers]).decode()
 
 
 def decode_headers(raw: str) -> UserHeaders:
-    return tuple((str(name), str(value)) for name, value in orjson.loads(raw))
+    return tuple((str(name), str(value)) for name, value in codec.loads(raw))
 
 
 def to_message(row: Row[Any]) -> ChatMessage:

@@ -33,15 +33,11 @@ from chat_server.store.backend import Backend
 from chat_server.store.engine import (
     POOL_TIMEOUT_S,
     backend_for,
-    build_engine,
     unavailable_on_failure,
 )
 from chat_server.store.group_commit import GroupCommit
 from chat_server.store.rows import direct_key, to_message, to_room
 from chat_server.store.schema import db_now_ms, messages, room_members, rooms
-
-# build_engine is re-exported: tests outside the store import it from here.
-__all__ = ["SqlStore", "build_engine", "open_store"]
 
 
 def _room_not_found(room_id: RoomId) -> RoomNotFound:

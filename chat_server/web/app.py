@@ -16,6 +16,7 @@ from chat_server.broker.redis import RedisBroker
 from chat_server.chat import ChatService
 from chat_server.config import Settings
 from chat_server.fanout import Fanout
+from chat_server.gctune import tune_gc
 from chat_server.inbound import SendReader
 from chat_server.metrics import Metrics
 from chat_server.proxies import TrustedProxies
@@ -114,6 +115,12 @@ async def _close_sessions(app: web.Application) -> None:
             await asyncio.wait_for(
                 services.connections.idle.wait(), services.settings.shutdown_grace_s
             )
+
+
+async def tune_gc_on_startup(app: web.Application) -> None:
+    """An `on_startup` hook for server processes (not tests): runs after the services start,
+    so what they built is frozen too (gctune.py)."""
+    tune_gc(app[SETTINGS].gc_gen0_threshold)
 
 
 def create_app(settings: Settings | None = None) -> web.Application:

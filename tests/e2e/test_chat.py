@@ -11,8 +11,8 @@ from sqlalchemy import select
 from chat_server.auth import TokenAuthority
 from chat_server.config import Settings
 from chat_server.stomp.frames import Command
+from chat_server.store.engine import build_engine
 from chat_server.store.schema import messages
-from chat_server.store.sql import build_engine
 from tests.conftest import StompFactory, create_direct_room
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")

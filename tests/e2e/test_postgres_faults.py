@@ -29,8 +29,8 @@ from sqlalchemy import select
 from chat_server.auth import TokenAuthority
 from chat_server.config import Settings
 from chat_server.stomp.frames import Command
+from chat_server.store.engine import build_engine
 from chat_server.store.schema import messages
-from chat_server.store.sql import build_engine
 from chat_server.web.app import create_app
 from tests.conftest import SECRET, AiohttpClient
 from tests.postgres import PostgresDatabases

@@ -313,7 +313,22 @@ async def test_messages_limit_must_be_positive(store: SqlStore, room: Room) -> N
 
 
 async def test_ping_answers(store: SqlStore) -> None:
-    await store.ping()
+    assert await store.ping() is None
+    # A stub that never touches the database would pass the line above; this one would not.
+    assert await store.last_seq(RoomId(1)) == 0
+
+
+async def test_ping_raises_store_unavailable_when_the_database_cannot_be_opened(
+    tmp_path: pathlib.Path,
+) -> None:
+    unusable = tmp_path / "a-directory-not-a-file.db"
+    unusable.mkdir()
+    store = await open_store(f"sqlite:///{unusable}")
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+    finally:
+        await store.close()
 
 
 # --- concurrency -----------------------------------------------------------------------------
