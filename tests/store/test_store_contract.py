@@ -314,7 +314,7 @@ async def test_messages_limit_must_be_positive(store: SqlStore, room: Room) -> N
 
 async def test_ping_answers(store: SqlStore) -> None:
     await store.ping()
-    # A stub that never touches the database would pass the line above; this one would not.
+    # It really reached the database; the failing side is the next test.
     assert await store.last_seq(RoomId(1)) == 0
 
 
