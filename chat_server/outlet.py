@@ -81,8 +81,10 @@ class Outlet:
             self.outbox.put(data)
 
     def reply(self, data: bytes, command: str) -> None:
-        self.put(data)
-        self._metrics.frames_sent.labels(command).inc()
+        """A frame answering the client's (CONNECTED, RECEIPT), counted by its command."""
+        if not self.conn.closing:
+            self.outbox.put(data)
+            self._metrics.frames_sent.labels(command).inc()
 
     def receipt(self, frame: Frame) -> None:
         receipt = self.conn.receipt(frame)

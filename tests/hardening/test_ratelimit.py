@@ -1,8 +1,11 @@
-"""The keyed token bucket behind the REST and failed-CONNECT limits (sans-I/O, a fake clock)."""
+"""Token buckets: the keyed ones behind the REST and failed-CONNECT limits, and the inbound
+frame budget (sans-I/O, a fake clock)."""
 
 from __future__ import annotations
 
-from chat_server.ratelimit import RateLimiter
+import pytest
+
+from chat_server.ratelimit import RateLimiter, TokenBucket
 
 
 class Clock:
@@ -43,3 +46,16 @@ def test_memory_is_bounded_by_max_keys() -> None:
     clock.now = 10.0  # all refilled: idle keys are forgotten first, at the next new key
     limiter.acquire("new")
     assert len(limiter) == 1
+
+
+def test_a_bucket_lends_past_empty_and_says_how_long_to_wait() -> None:
+    bucket = TokenBucket.full(rate=10.0, burst=2, now=0.0)
+    assert [bucket.borrow(0.0) for _ in range(2)] == [0.0, 0.0]  # the burst
+    assert bucket.borrow(0.0) == pytest.approx(0.1)  # one token short: a tenth of a second
+    assert bucket.borrow(0.0) == pytest.approx(0.2)  # the debt adds up
+    assert bucket.borrow(1.0) == 0.0  # a second later it has refilled to the burst
+
+
+def test_a_bucket_with_no_rate_never_waits() -> None:
+    bucket = TokenBucket.full(rate=0.0, burst=1, now=0.0)
+    assert all(bucket.borrow(0.0) == 0.0 for _ in range(100))

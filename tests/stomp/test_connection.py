@@ -7,6 +7,7 @@ import pytest
 from chat_server.stomp.connection import (
     ALLOWED,
     AckMode,
+    Close,
     HeartBeats,
     Limits,
     State,
@@ -372,3 +373,33 @@ def test_receipt_only_when_asked() -> None:
     answer = conn.receipt(Frame(Command.SEND, (("receipt", "a:b"),)))
     assert answer is not None
     assert parse_one(answer).get("receipt-id") == "a:b"
+
+
+# --- lifecycle: the connection decides the close, once ---------------------------------------
+
+
+def test_the_first_cause_decides_the_close_and_a_second_error_sends_nothing() -> None:
+    conn = connected()
+    first = conn.error(StompProtocolError("too slow", close_code=CloseCode.POLICY_VIOLATION))
+    assert parse_one(first).get("message") == "too slow"
+    assert conn.error(StompProtocolError("and then this")) == b""
+    conn.disconnect()  # a later DISCONNECT changes nothing either
+    assert conn.close == Close(CloseCode.POLICY_VIOLATION, "too slow", error=True)
+    assert conn.closing and conn.state is State.CLOSED
+
+
+def test_after_a_disconnect_no_error_frame_is_made() -> None:
+    conn = connected()
+    conn.disconnect()
+    assert conn.close == Close(CloseCode.NORMAL, "disconnect")
+    assert conn.error(StompProtocolError("late")) == b""
+    assert conn.close is not None and not conn.close.error
+
+
+def test_while_stopping_frames_not_yet_started_are_dropped_unanswered() -> None:
+    conn = connected()
+    conn.stop()
+    assert conn.state is State.STOPPING and not conn.closing
+    assert feed(conn, VALID_FRAMES[Command.SEND], VALID_FRAMES[Command.SUBSCRIBE]) == []
+    conn.disconnect(CloseCode.GOING_AWAY, "server shutting down")
+    assert conn.close == Close(CloseCode.GOING_AWAY, "server shutting down")
