@@ -198,3 +198,43 @@ async def test_a8_removed_member_gets_no_further_messages(server: Server) -> Non
     await carol.send_raw(frame("SUBSCRIBE", [("id", "e"), ("destination", "/user/queue/errors"),
                                              ("receipt", "sentinel")]))
     assert (await carol.receive()).get("receipt-id") == "sentinel"
+
+
+async def test_p25_unsubscribe_after_removal_is_receipted_and_the_connection_goes_on(
+    server: Server,
+) -> None:
+    """The demo page unsubscribes a room it was removed from: that must not end the session."""
+    team = await server.room("alice", "bob", "carol")
+    other = await server.room("alice", "carol", name="other")
+    carol = await server.subscribed("carol", team, sub_id="team")
+    await carol.subscribe(f"/queue/chat-rooms/{other}", "other", receipt="o")
+    await carol.subscribe("/user/queue/notifications", "n", receipt="n")
+    assert [(await carol.receive()).get("receipt-id") for _ in range(2)] == ["o", "n"]
+    response = await server.client.delete(f"/api/chat-rooms/{team}/members/carol",
+                                          headers=server.auth("alice"))
+    assert response.status == 204
+    assert json.loads((await carol.receive()).body)["type"] == "room_removed"
+    await carol.receipted(Command.UNSUBSCRIBE, {"id": "team"}, receipt="gone")
+    await server.say(await server.ws("alice"), other, "still here")
+    _, body = await carol.receive_message()
+    assert body["content"] == "still here"
+
+
+async def test_a_send_to_a_missing_room_and_to_someone_elses_get_the_same_answer(
+    server: Server,
+) -> None:
+    """Existence never leaks (BAD_INPUTS R2 over STOMP): the two refusals differ only in the id
+    the client gave."""
+    foreign = await server.room("bob", "carol")
+    missing = foreign + 1000
+    mallory = await server.ws("mallory")
+    await mallory.subscribe("/user/queue/errors", "e", receipt="e")
+    assert (await mallory.receive()).get("receipt-id") == "e"
+    refusals = []
+    for room in (foreign, missing):
+        await mallory.send_message(room, "hello?")
+        _, body = await mallory.receive_message()
+        refusals.append(body["error"])
+    assert [r.pop("details") for r in refusals] == [{"roomId": foreign}, {"roomId": missing}]
+    assert refusals[0] == refusals[1] == {
+        "code": "not_a_member", "message": "not a member of this room"}
