@@ -1,4 +1,4 @@
-"""StompConnection: one peer's protocol state, negotiation, subscriptions, acks and transactions.
+"""StompConnection: one peer's protocol state, lifecycle, subscriptions, acks and transactions.
 
 Sans-I/O: bytes go in through `receive_data`, validated frames come out of `events_received`,
 and every outgoing frame is encoded here for the negotiated version. Time is passed in, never
@@ -7,7 +7,6 @@ read, so every rule can be tested without an event loop.
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,15 +23,16 @@ from chat_server.stomp.frames import (
     encode_headers,
     escape,
 )
+from chat_server.stomp.negotiation import (
+    SUPPORTED_VERSIONS,
+    HeartBeats,
+    negotiate_heart_beats,
+    negotiate_version,
+    parse_heart_beat,
+)
 from chat_server.stomp.parser import FrameParser, ParserLimits
 
 SERVER_NAME = "chat_server"
-SUPPORTED_VERSIONS = (Version.V1_0, Version.V1_1, Version.V1_2)
-#: WebSocket subprotocol names (RFC 6455 registry) and the STOMP version each stands for.
-SUBPROTOCOLS = {"v10.stomp": Version.V1_0, "v11.stomp": Version.V1_1, "v12.stomp": Version.V1_2}
-#: Heart-beat values beyond this are clamped rather than overflowing timers (BAD_INPUTS P8).
-MAX_HEARTBEAT_MS = 2**31 - 1
-_HEARTBEAT = re.compile(r"([0-9]+),([0-9]+)", re.ASCII)
 #: A silent peer is closed after this many of its negotiated intervals (STOMP 1.2 allows margin).
 SILENCE_FACTOR = 2.0
 
@@ -94,47 +94,6 @@ class Close:
     reason: str
     #: Ended by an ERROR frame (a protocol error, a slow consumer), not by either side's choice.
     error: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class HeartBeats:
-    """Negotiated intervals in ms; 0 means none (STOMP 1.2, "Heart-beating")."""
-
-    send_ms: int
-    receive_ms: int
-
-
-def parse_heart_beat(value: str | None) -> tuple[int, int]:
-    if value is None:
-        return 0, 0
-    match = _HEARTBEAT.fullmatch(value)
-    if match is None:
-        raise StompProtocolError("invalid heart-beat", detail="expected heart-beat:<cx>,<cy>")
-    return min(int(match[1]), MAX_HEARTBEAT_MS), min(int(match[2]), MAX_HEARTBEAT_MS)
-
-
-def negotiate_heart_beats(server_ms: int, client: tuple[int, int]) -> HeartBeats:
-    client_send, client_receive = client
-    send = 0 if server_ms == 0 or client_receive == 0 else max(server_ms, client_receive)
-    receive = 0 if server_ms == 0 or client_send == 0 else max(server_ms, client_send)
-    return HeartBeats(send, receive)
-
-
-def negotiate_version(accept_version: str | None, subprotocol: Version | None) -> Version:
-    """The highest version both sides speak, capped by the WebSocket subprotocol if any."""
-    if accept_version is None:
-        offered = {Version.V1_0}  # STOMP 1.0 clients send no accept-version
-    else:
-        offered = {Version(v) for v in accept_version.split(",") if v in Version._value2member_map_}
-    usable = [v for v in SUPPORTED_VERSIONS if v in offered]
-    if subprotocol is not None:
-        usable = [v for v in usable if v <= subprotocol] or usable
-    if not usable:
-        raise StompProtocolError(
-            "unsupported version",
-            detail="supported versions are " + ",".join(SUPPORTED_VERSIONS),
-        )
-    return usable[-1]
 
 
 _REQUIRED: dict[Command, tuple[str, ...]] = {

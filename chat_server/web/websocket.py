@@ -10,7 +10,7 @@ from functools import partial
 from aiohttp import WSMsgType, web
 
 from chat_server.session import Session
-from chat_server.stomp.connection import SUBPROTOCOLS
+from chat_server.stomp.negotiation import SUBPROTOCOLS
 from chat_server.web.rest import json_error
 from chat_server.web.services import SERVICES, Services
 from chat_server.web.socket_writer import SocketWriter

@@ -8,13 +8,9 @@ from chat_server.stomp.connection import (
     ALLOWED,
     AckMode,
     Close,
-    HeartBeats,
     Limits,
     State,
     StompConnection,
-    negotiate_heart_beats,
-    negotiate_version,
-    parse_heart_beat,
 )
 from chat_server.stomp.errors import CloseCode, StompProtocolError
 from chat_server.stomp.frames import (
@@ -24,6 +20,12 @@ from chat_server.stomp.frames import (
     Frame,
     Version,
     encode,
+)
+from chat_server.stomp.negotiation import (
+    HeartBeats,
+    negotiate_heart_beats,
+    negotiate_version,
+    parse_heart_beat,
 )
 from chat_server.stomp.parser import FrameParser
 
