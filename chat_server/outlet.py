@@ -63,6 +63,8 @@ SLOW_CONSUMER = StompProtocolError("slow consumer", close_code=CloseCode.POLICY_
 class Outlet:
     """The one way out to a client; never blocks, never raises to the fan-out."""
 
+    __slots__ = ("_metrics", "conn", "outbox", "user")
+
     def __init__(self, conn: StompConnection, outbox: Outbox, metrics: Metrics) -> None:
         self.conn = conn
         self.outbox = outbox

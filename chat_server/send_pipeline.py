@@ -30,6 +30,19 @@ _chain_ids = itertools.count(1)
 
 
 class SendPipeline:
+    __slots__ = (
+        "_answerer",
+        "_chain",
+        "_chat",
+        "_conn",
+        "_max_pipelined",
+        "_metrics",
+        "_outlet",
+        "_queue",
+        "_reader",
+        "_subscriptions",
+    )
+
     def __init__(
         self,
         *,

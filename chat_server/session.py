@@ -8,6 +8,7 @@ The session only reads frames in order and hands each to its owner.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from typing import assert_never
@@ -31,7 +32,9 @@ from chat_server.stomp.parser import ParserLimits
 from chat_server.subscriptions import SubscriptionRegistry
 
 
+@functools.lru_cache(maxsize=8)
 def connection_limits(settings: Settings) -> Limits:
+    """The STOMP limits of a worker's settings, built once and shared by its connections."""
     return Limits(
         ParserLimits(
             max_frame_bytes=settings.max_frame_bytes,

@@ -55,12 +55,14 @@ class SubscriptionRegistry:
         self._may_read = may_read
         self._gauge = metrics.subscriptions
         self._entries: dict[str, _Entry] = {}
+        # The two below are made on a member's first removal: most connections never see one,
+        # and an idle connection should weigh little.
         #: Ids the server ended (member removed), oldest first: the client's UNSUBSCRIBE of one
         #: is answered, not refused (BAD_INPUTS P25). Bounded like the subscriptions themselves.
-        self._ended: dict[str, None] = {}
+        self._ended: dict[str, None] | None = None
         #: ROOM_REMOVED events seen per room, so a SUBSCRIBE whose membership check raced a
         #: removal notices it (BAD_INPUTS A1/A8).
-        self._removals: dict[RoomId, int] = {}
+        self._removals: dict[RoomId, int] | None = None
 
     def _first(self, destination: str) -> Subscription | None:
         for entry in self._entries.values():
@@ -91,10 +93,10 @@ class SubscriptionRegistry:
         entry = self._add(self._conn.add_subscription(frame))
         if room_id is None:
             return
-        removals = self._removals.get(room_id, 0)
+        removals = self._removal_count(room_id)
         # Nothing of the room reaches this connection before the check: the tap attaches after.
         allowed = await self._may_read(user, room_id)
-        if not allowed or self._removals.get(room_id, 0) != removals:
+        if not allowed or self._removal_count(room_id) != removals:
             self._remove(entry)
             raise self._conn.refuse(frame, "forbidden", CloseCode.POLICY_VIOLATION)
         entry.tap = Tap(
@@ -106,7 +108,7 @@ class SubscriptionRegistry:
 
     def unsubscribe(self, frame: Frame) -> None:
         sub_id = frame.get("id") or frame.get("destination") or ""
-        if sub_id not in self._entries and sub_id in self._ended:
+        if sub_id not in self._entries and self._ended is not None and sub_id in self._ended:
             del self._ended[sub_id]
             return  # the server ended it already: nothing to undo, nothing to refuse
         subscription = self._conn.remove_subscription(frame)
@@ -124,15 +126,20 @@ class SubscriptionRegistry:
 
     # --- the server's side --------------------------------------------------------------------
 
+    def _removal_count(self, room_id: RoomId) -> int:
+        return 0 if self._removals is None else self._removals.get(room_id, 0)
+
     def room_removed(self, room_id: RoomId) -> None:
         """The user left the room or was removed: end this connection's subscriptions to it."""
-        self._removals[room_id] = self._removals.get(room_id, 0) + 1
+        removals = self._removals = self._removals or {}
+        removals[room_id] = removals.get(room_id, 0) + 1
+        ended = self._ended = self._ended or {}
         for entry in list(self._entries.values()):
             if entry.tap is not None and entry.tap.room_id == room_id:
                 self._remove(entry)
-                self._ended[entry.subscription.id] = None
-                while len(self._ended) > self._conn.limits.max_subscriptions:
-                    del self._ended[next(iter(self._ended))]
+                ended[entry.subscription.id] = None
+                while len(ended) > self._conn.limits.max_subscriptions:
+                    del ended[next(iter(ended))]
 
     def release(self) -> None:
         """The connection is gone: stop every feed."""
@@ -140,7 +147,8 @@ class SubscriptionRegistry:
             self._remove(entry)
 
     def _add(self, subscription: Subscription) -> _Entry:
-        self._ended.pop(subscription.id, None)
+        if self._ended is not None:
+            self._ended.pop(subscription.id, None)
         entry = self._entries[subscription.id] = _Entry(subscription)
         self._gauge.inc()
         return entry
