@@ -108,10 +108,18 @@ class Outlet:
             self._metrics.message_frames_sent.inc()
 
     def deliver(self, subscription: Subscription, delivery: Delivery) -> None:
-        """A room's message for one subscription (the fan-out's sink, on its hot path: the
-        fan-out counts deliveries in bulk)."""
-        if not self.conn.closing:
-            self._message(subscription, message_tail(delivery, self.conn.version))
+        """A room's message for one subscription: the fan-out's sink, on its hot path (once per
+        subscriber), so it is written out flat; the fan-out counts deliveries in bulk."""
+        conn = self.conn
+        if conn.close is not None:
+            return
+        tail = delivery.encoded.get(conn.version) or message_tail(delivery, conn.version)
+        try:
+            self.outbox.put(conn.message_prefix(subscription) + tail)
+        except OutboxOverflow:
+            self.slow_consumer()
+        except StompProtocolError as exc:  # too many unacknowledged messages
+            self.fail(exc)
 
     def _message(self, subscription: Subscription, tail: bytes) -> bool:
         try:

@@ -71,12 +71,10 @@ class SocketWriter:
         transport: asyncio.Transport | None,
         drain: Callable[[], Awaitable[None]],
         stall: float | None,
-        log_context: dict[str, object],
     ) -> None:
         self._ws = ws
         self._conn = conn
         self._outbox = outbox
-        self._log_context = log_context
         self._transport = transport
         self._drain = drain
         self._stall = stall
@@ -163,7 +161,7 @@ class SocketWriter:
 
     def cut(self) -> None:
         """The peer answers nothing, not even pings: drop the connection (the reader then ends)."""
-        log.info("closing: no answer to pings", extra=self._log_context)
+        log.info("closing: no answer to pings", extra={"session": self._conn.session_id})
         if self._transport is not None:
             self._transport.abort()
 
@@ -235,7 +233,7 @@ class SocketWriter:
 
     async def _drop_slow_consumer(self) -> None:
         """Send ERROR and the close without waiting for the peer, then cut the connection."""
-        log.info("cutting a slow consumer's connection", extra=self._log_context)
+        log.info("cutting a slow consumer's connection", extra={"session": self._conn.session_id})
         # Found by the stall: the ERROR replaces whatever is queued. When the close was decided
         # before (an overflow left only its ERROR queued), what is queued goes last.
         final = self._conn.error(SLOW_CONSUMER) or self._outbox.take()

@@ -102,8 +102,7 @@ async def _serve(
 ) -> None:
     stall = services.settings.send_stall_s or None
     writer = SocketWriter(
-        ws, session.conn, session.outbox, request.transport, request.writer.drain, stall,
-        session.log_context,
+        ws, session.conn, session.outbox, request.transport, request.writer.drain, stall
     )
     services.keepalive.add(writer)
     try:
