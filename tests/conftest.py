@@ -20,6 +20,9 @@ from tests.postgres import PostgresDatabases
 from tests.services import PostgresServer
 from tests.stomp_client import StompClient
 
+# metrics, store and fanout: the parts behind a socket (tests/store overrides `store`).
+pytest_plugins = ["tests.fanout_fixtures"]
+
 SECRET = "test-secret-that-is-long-enough-for-hs256"
 
 AiohttpClient = Callable[..., Awaitable[TestClient[Any, Any]]]

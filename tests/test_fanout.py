@@ -4,8 +4,6 @@ each room's messages once, in `seq` order, with nothing missing."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -14,8 +12,7 @@ from chat_server.broker.memory import MemoryBroker
 from chat_server.fanout import Delivery, Fanout, Tap
 from chat_server.metrics import Metrics
 from chat_server.models import ChatMessage, NewMessage, RoomId, UserId, encode_envelope
-from chat_server.store.migrate import migrate
-from chat_server.store.sql import SqlStore, open_store
+from chat_server.store.sql import SqlStore
 
 WAIT_S = 3.0
 ALICE = UserId("alice")
@@ -37,32 +34,8 @@ class Seen:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqlStore]:
-    url = f"sqlite:///{tmp_path}/fanout.db"
-    await migrate(url)
-    opened = await open_store(url)
-    yield opened
-    await opened.close()
-
-
-@pytest.fixture
 async def room(store: SqlStore) -> RoomId:
     return (await store.create_group_room(ALICE, "r", [UserId("bob")])).id
-
-
-@pytest.fixture
-def metrics() -> Metrics:
-    return Metrics()
-
-
-@pytest.fixture
-async def fanout(store: SqlStore, metrics: Metrics) -> AsyncIterator[Fanout]:
-    broker = MemoryBroker()
-    fan = Fanout(broker, store, gap_wait_s=0.05, reconcile_interval_s=0, metrics=metrics)
-    await broker.start(fan)
-    yield fan
-    await fan.close()
-    await broker.close()
 
 
 async def stored(store: SqlStore, room: RoomId, count: int) -> list[ChatMessage]:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from chat_server.broker.memory import MemoryBroker
@@ -17,8 +14,7 @@ from chat_server.outlet import Outlet
 from chat_server.stomp.connection import Limits, StompConnection
 from chat_server.stomp.frames import Command, Frame, Version
 from chat_server.stomp.parser import FrameParser, ParserLimits
-from chat_server.store.migrate import migrate
-from chat_server.store.sql import SqlStore, open_store
+from chat_server.store.sql import SqlStore
 
 ALICE = UserId("alice")
 BOB = UserId("bob")
@@ -45,38 +41,13 @@ def frame(command: Command, *headers: tuple[str, str], body: bytes = b"") -> Fra
 
 
 @pytest.fixture
-def metrics() -> Metrics:
-    return Metrics()
-
-
-@pytest.fixture
 def outlet(metrics: Metrics) -> Outlet:
     return Outlet(connected(), Outbox(64 * 1024), metrics)
 
 
 @pytest.fixture
-async def store(tmp_path: Path, metrics: Metrics) -> AsyncIterator[SqlStore]:
-    url = f"sqlite:///{tmp_path}/parts.db"
-    await migrate(url)
-    opened = await open_store(url)
-    opened.observe_batch = metrics.append_batch_size.observe  # as the composition root does
-    yield opened
-    await opened.close()
-
-
-@pytest.fixture
 async def room(store: SqlStore) -> RoomId:
     return (await store.create_direct_room(ALICE, BOB)).id
-
-
-@pytest.fixture
-async def fanout(store: SqlStore, metrics: Metrics) -> AsyncIterator[Fanout]:
-    broker = MemoryBroker()
-    fan = Fanout(broker, store, gap_wait_s=0.05, reconcile_interval_s=0, metrics=metrics)
-    await broker.start(fan)
-    yield fan
-    await fan.close()
-    await broker.close()
 
 
 @pytest.fixture
