@@ -1106,6 +1106,7 @@ class RabbitServer(_BrokerProcess):
         self.dist_port = free_port()
         self.epmd_port = free_port()
         self.node = f"chat-test-{secrets.token_hex(4)}@localhost"
+        self._epmd: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -1152,16 +1153,30 @@ class RabbitServer(_BrokerProcess):
             return False
 
     def start(self, timeout: float = 90.0) -> None:
+        # Our own epmd, in the foreground as our child: the VM would otherwise daemonize one
+        # that outlives every process group we own.
+        if self._epmd is None or self._epmd.poll() is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with (self.dir / "epmd.log").open("ab") as log:
+                self._epmd = subprocess.Popen(
+                    [self.epmd, "-port", str(self.epmd_port), "-address", self.host],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True)
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while not _tcp_accepts(self.host, self.epmd_port):
+                if self._epmd.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"epmd did not start:\n{_log_tail(self.dir / 'epmd.log')}")
+                time.sleep(POLL_INTERVAL_S)
         super().start(timeout)
 
     def cleanup(self) -> None:
-        """The node, then the private epmd the Erlang VM started on its own port."""
+        """The node, then its epmd."""
         try:
             self.kill()
         finally:
-            subprocess.run([self.epmd, "-kill"], env={**os.environ,
-                           "ERL_EPMD_PORT": str(self.epmd_port)}, capture_output=True,
-                           timeout=10, check=False, stdin=subprocess.DEVNULL)
+            if self._epmd is not None:
+                _end_process(self._epmd, signal.SIGKILL, STOP_TIMEOUT_S)
+                self._epmd = None
 
 
 class NatsServer(_BrokerProcess):
@@ -1285,6 +1300,20 @@ class RedisClusterServer:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"redis cluster not ok after {timeout} s: {states}")
             time.sleep(POLL_INTERVAL_S * 5)
+
+    def node_of(self, key: str) -> int:
+        """The index of the node that owns ``key``'s hash slot (a channel name, say)."""
+        slot = self.nodes[0].command("CLUSTER", "KEYSLOT", key)
+        ranges = self.nodes[0].command("CLUSTER", "SLOTS")
+        assert isinstance(slot, int) and isinstance(ranges, list), (slot, ranges)
+        for entry in ranges:
+            assert isinstance(entry, list)
+            start, end, primary = entry[0], entry[1], entry[2]
+            assert isinstance(start, int) and isinstance(end, int) and isinstance(primary, list)
+            if start <= slot <= end:
+                port = primary[1]
+                return next(i for i, node in enumerate(self.nodes) if node.port == port)
+        raise LookupError(f"no node owns slot {slot}")
 
     def kill_node(self, index: int) -> None:
         self.nodes[index].kill()
