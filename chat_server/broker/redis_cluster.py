@@ -63,6 +63,9 @@ class RedisClusterBroker(SupervisedBroker):
         self._channel_shard: dict[str, _Shard] = {}
         #: channels we asked to leave: their SUNSUBSCRIBE reply is no reshard
         self._leaving: set[str] = set()
+        self._opening = asyncio.Lock()
+        #: every shard opened (or being opened) on the current connection
+        self._opened: list[_Shard] = []
 
     def _channel(self, topic: str) -> str:
         return self._prefix + topic
@@ -101,10 +104,20 @@ class RedisClusterBroker(SupervisedBroker):
         shard = self._shards.get(node.name)
         if shard is not None:
             return shard
+        # One opening at a time: two subscribes racing to a new shard would each open a
+        # connection for one PubSub, and one of them would never hear its confirmation.
+        async with self._opening:
+            shard = self._shards.get(node.name)
+            if shard is None:
+                shard = await self._open_shard(node)
+                self._shards[node.name] = shard
+        return shard
+
+    async def _open_shard(self, node: ClusterNode) -> _Shard:
         client = Redis(host=node.host, port=int(node.port), **self._options())
         pubsub = client.pubsub()
         shard = _Shard(node.name, client, pubsub, self._probe_channel_on(node))
-        self._shards[node.name] = shard
+        self._opened.append(shard)  # closed by _disconnect even if opening fails
         waiter = self._expect(shard, shard.probe_channel)
         await pubsub.ssubscribe(shard.probe_channel)
         shard.reader = asyncio.ensure_future(self._read(shard))
@@ -191,7 +204,8 @@ class RedisClusterBroker(SupervisedBroker):
                 self._probes.pop(nonce, None)
 
     async def _disconnect(self) -> None:
-        shards = list(self._shards.values())
+        shards = self._opened
+        self._opened = []
         self._shards.clear()
         self._channel_shard.clear()
         for shard in shards:
