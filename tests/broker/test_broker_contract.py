@@ -66,7 +66,7 @@ BrokerFactory = Callable[[], Broker]
 def engine_settings(url: str, namespace: str) -> Settings:
     """Short probe and timeouts; a namespace (exchange, subject prefix, topic) per test."""
     return Settings(broker_url=url, broker_namespace=namespace, redis_prefix=f"{namespace}:",
-                    broker_ping_interval_s=0.3, broker_timeout_s=1.0,
+                    broker_ping_interval_s=0.3, broker_timeout_s=2.0,
                     redis_ping_interval_s=0.2, kafka_partitions=4)
 
 
