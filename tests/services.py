@@ -86,7 +86,7 @@ DEBIAN_PACKAGES = {
     "chromedriver": "chromium-driver",
     "redis-cli": "redis-tools",
     "rabbitmq-server": "rabbitmq-server",
-    "epmd": "erlang-base",
+    "epmd": "rabbitmq-server",  # erlang-base, which rabbitmq-server depends on
     "nats-server": "nats-server",
 }
 
