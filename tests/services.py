@@ -1303,9 +1303,31 @@ class RedisClusterServer:
 
     def node_of(self, key: str) -> int:
         """The index of the node that owns ``key``'s hash slot (a channel name, say)."""
+        return self.node_of_slot(self.slot_of(key))
+
+    def slot_of(self, key: str) -> int:
         slot = self.nodes[0].command("CLUSTER", "KEYSLOT", key)
+        assert isinstance(slot, int), slot
+        return slot
+
+    def node_id(self, index: int) -> str:
+        reply = self.nodes[index].command("CLUSTER", "MYID")
+        assert isinstance(reply, bytes), reply
+        return reply.decode()
+
+    def move_slot(self, slot: int, to_index: int) -> None:
+        """Reshards one slot (pub/sub channels hold no keys, so nothing is migrated): the
+        IMPORTING/MIGRATING handshake, then every node is told the new owner."""
+        source = self.node_of_slot(slot)
+        target_id, source_id = self.node_id(to_index), self.node_id(source)
+        self.nodes[to_index].command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        self.nodes[source].command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        for node in self.nodes:
+            node.command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+    def node_of_slot(self, slot: int) -> int:
         ranges = self.nodes[0].command("CLUSTER", "SLOTS")
-        assert isinstance(slot, int) and isinstance(ranges, list), (slot, ranges)
+        assert isinstance(ranges, list), ranges
         for entry in ranges:
             assert isinstance(entry, list)
             start, end, primary = entry[0], entry[1], entry[2]
