@@ -162,14 +162,18 @@ class SupervisedBroker(ABC):
 
     async def subscribe(self, topic: str) -> None:
         """Returns once the broker confirmed (or at once while disconnected: the subscription
-        is made on reconnection, and a resync follows)."""
+        is made on reconnection, and a resync follows; likewise when it is not confirmed)."""
         self._topics.add(topic)
         if self._state is not BrokerState.CONNECTED:
             return
         try:
             await asyncio.wait_for(self._watch(topic), self._timeout_s)
-        except Exception as exc:  # the probe notices a dead connection; the resync covers this
-            log.warning("%s: subscribe to %s unconfirmed: %s", self.engine, topic, _why(exc))
+        except Exception as exc:
+            # Unconfirmed, the topic might stay unwatched while the connection otherwise looks
+            # fine: start afresh, so it is subscribed on reconnection and a resync follows.
+            log.warning("%s: subscribe to %s unconfirmed (%s); reconnecting", self.engine,
+                        topic, _why(exc))
+            self._connection_lost(exc)
 
     async def unsubscribe(self, topic: str) -> None:
         self._topics.discard(topic)

@@ -29,6 +29,7 @@ class MemoryEngine(SupervisedBroker):
         self.connect_gate: asyncio.Event | None = None
         self.connects = 0
         self.sent: list[tuple[str, bytes]] = []
+        self.refuse_watch = False
 
     async def _connect(self, topics: Sequence[str]) -> None:
         self.connects += 1
@@ -51,6 +52,8 @@ class MemoryEngine(SupervisedBroker):
                 asyncio.get_running_loop().call_soon(self._received, topic, payload)
 
     async def _watch(self, topic: str) -> None:
+        if self.refuse_watch:
+            raise ConnectionError("not confirmed")
         self.watched.add(topic)
 
     async def _unwatch(self, topic: str) -> None:
@@ -154,3 +157,17 @@ async def test_close_flushes_what_is_queued() -> None:
         await engine.publish("room:2", b"%d" % n)
     await engine.close()
     assert engine.sent == [("room:2", b"%d" % n) for n in range(5)]
+
+
+async def test_an_unconfirmed_subscribe_reconnects_so_the_topic_is_watched_after_all() -> None:
+    engine, seen = MemoryEngine(), Recorder()
+    await engine.start(seen)
+    try:
+        await asyncio.wait_for(seen.resynced.wait(), WAIT_S)
+        engine.refuse_watch = True
+        await engine.subscribe("room:3")  # returns; the session is started afresh
+        engine.refuse_watch = False
+        await seen.next_resync()
+        assert "room:3" in engine.watched
+    finally:
+        await engine.close()
