@@ -15,6 +15,8 @@ Every run starts its own servers on free ports (chat_server on a fresh copy of a
 database; a private RabbitMQ node) and its own load generator processes, everything on loopback.
 Figures are medians over the repetitions (lost, duplicated, out of order: the worst one).
 `--quick` is a few-seconds smoke run of chat_server only (the CI test runs it).
+`--broker rabbitmq,nats,...` runs (a) and (b) with two workers on each engine named (redis,
+redis-cluster, rabbitmq, nats, kafka), each broker private to its run.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from benchmarks.servers import (
     cpu_seconds,
     rss_bytes,
 )
+from tests.services import BROKER_SERVERS
 
 MiB = 2**20
 OUTBOX_BYTES = 524288  # chat_server's default CHAT_OUTBOX_BYTES
@@ -376,8 +379,17 @@ def _targets(args: argparse.Namespace, root: Path, secret: str) -> tuple[dict[st
                                                                           dict[str, str]]:
     chat1 = ChatTarget("chat_server", root, secret=secret)
     has_redis = shutil.which("redis-server") is not None or Path("/usr/sbin/redis-server").exists()
-    chat2 = (ChatTarget("chat_server 2w+redis", root, workers=2, redis=True, secret=secret)
+    chat2 = (ChatTarget("chat_server 2w+redis", root, workers=2, broker="redis", secret=secret)
              if has_redis else chat1)
+    engines = [e.strip() for e in (args.broker or "").split(",") if e.strip()]
+    unknown = sorted(set(engines) - set(BROKER_SERVERS))
+    if unknown:
+        raise SystemExit(f"--broker: unknown engine(s) {', '.join(unknown)} "
+                         f"(use {', '.join(BROKER_SERVERS)})")
+    per_engine: list[Target] = [
+        ChatTarget(f"chat_server 2w+{engine}", root, workers=2, broker=engine, secret=secret)
+        for engine in engines
+    ]
     wanted = set(args.targets.split(","))
     rabbit: list[Target] = []
     if not args.quick and "rabbit" in wanted:
@@ -390,6 +402,9 @@ def _targets(args: argparse.Namespace, root: Path, secret: str) -> tuple[dict[st
                                       "d": [chat2]}
     if args.quick:
         chats["b"] = [chat2]
+    if per_engine:  # the fan-out and many-rooms scenarios, two workers on each engine
+        chats["a"] = [chat1, *per_engine]
+        chats["b"] = list(per_engine)
     if "chat" not in wanted:
         chats = {key: [] for key in chats}
     targets = {key: [*value, *rabbit] for key, value in chats.items()}
@@ -405,6 +420,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--scenarios", default="a,b,c,d", help="comma list of a, b, c, d")
     parser.add_argument("--repeat", type=int, default=None, help="runs per figure (3; quick: 1)")
     parser.add_argument("--targets", default="chat,rabbit", help="chat, rabbit or both")
+    parser.add_argument("--broker", default=None,
+                        help="comma list of broker engines for (a) and (b), two workers each: "
+                             "redis, redis-cluster, rabbitmq, nats, kafka")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiply every duration (e.g. 0.3 for a shorter full run)")
     parser.add_argument("--rate", type=float, default=None,

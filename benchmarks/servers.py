@@ -1,7 +1,8 @@
 """The servers under test, each private to one benchmark run, and what /proc says about them.
 
-`ChatTarget`: `python -m chat_server serve` workers (one, or several behind a private Redis) on a
-SQLite database seeded with the scenario's rooms. `RabbitTarget`: a private RabbitMQ node with
+`ChatTarget`: `python -m chat_server serve` workers (one, or several behind a private broker of
+any engine: Redis, Redis Cluster, RabbitMQ, NATS, Kafka) on a SQLite database seeded with the
+scenario's rooms. `RabbitTarget`: a private RabbitMQ node with
 only Web-STOMP enabled, on free ports, its files in a temp dir (never the machine's own node).
 """
 
@@ -23,7 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.loadgen import pub_user, publisher_of, sub_user
-from tests.services import RedisServer, free_port
+from tests.services import (
+    BrokerServer,
+    RedisClusterServer,
+    free_port,
+    start_broker,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -157,22 +163,30 @@ async def _seed(database_url: str, layout: Layout) -> None:
         await store.close()
 
 
+def broker_pgids(server: BrokerServer) -> set[int]:
+    """The process groups of a broker (each node of a Redis Cluster is one)."""
+    nodes = server.nodes if isinstance(server, RedisClusterServer) else [server]
+    return {node.pid for node in nodes if node.pid is not None}
+
+
 class ChatTarget:
-    """`workers` chat_server processes; with `redis`, a private Redis between them."""
+    """`workers` chat_server processes; with `broker` (an engine name of tests/services.py's
+    BROKER_SERVERS: "redis", "redis-cluster", "rabbitmq", "nats", "kafka"), a private broker
+    between them, started per run."""
 
     kind = "chat"
 
-    def __init__(self, label: str, root: Path, *, workers: int = 1, redis: bool = False,
+    def __init__(self, label: str, root: Path, *, workers: int = 1, broker: str | None = None,
                  secret: str, env: dict[str, str] | None = None) -> None:
         self.label = label
         self.root = root
         self.workers = workers
-        self.redis = redis
+        self.broker = broker
         self.secret = secret
         self.extra_env = env or {}
         self._seeds: dict[Layout, Path] = {}
         self._procs: list[subprocess.Popen[bytes]] = []
-        self._redis: RedisServer | None = None
+        self._broker_teardown = contextlib.ExitStack()
         self._run = 0
         self.restart_each_run = True
         self.run_dir: Path | None = None
@@ -207,13 +221,12 @@ class ChatTarget:
             **self.extra_env,
         }
         env.pop("REDIS_URL", None)
+        env.pop("CHAT_BROKER_URL", None)
         pgids: set[int] = set()
-        if self.redis:
-            self._redis = RedisServer(run_dir)
-            self._redis.start()
-            assert self._redis.pid is not None
-            pgids.add(self._redis.pid)
-            env["REDIS_URL"] = self._redis.url
+        if self.broker is not None:
+            server = start_broker(self.broker, run_dir / "broker", self._broker_teardown)
+            pgids |= broker_pgids(server)
+            env["CHAT_BROKER_URL"] = server.url
         ports = [free_port() for _ in range(self.workers)]
         for index, port in enumerate(ports):
             with (run_dir / f"worker{index}.log").open("ab") as log:
@@ -268,9 +281,7 @@ class ChatTarget:
                 _kill_group(proc.pid)
                 proc.wait(5)
         self._procs.clear()
-        if self._redis is not None:
-            self._redis.stop()
-            self._redis = None
+        self._broker_teardown.close()
 
     def close(self) -> None:
         self.stop()

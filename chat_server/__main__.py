@@ -33,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--database-url", help="DATABASE_URL (default sqlite:///chat.db)")
     serve.add_argument("--redis-url", help="REDIS_URL (default: in-process broker)")
     serve.add_argument(
+        "--broker-url",
+        help="CHAT_BROKER_URL: redis://, redis+cluster://, amqp://, kafka://, nats:// "
+             "(default: REDIS_URL, else in-process)",
+    )
+    serve.add_argument(
         "--demo", action="store_true", default=None,
         help="also serve the demo chat page at / with a demo-only sign-in (CHAT_DEMO=1)",
     )
@@ -49,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    flags = ("host", "port", "database_url", "redis_url", "demo")
+    flags = ("host", "port", "database_url", "redis_url", "broker_url", "demo")
     overrides = {key: getattr(args, key, None) for key in flags}
     try:
         settings = Settings.from_env(**overrides)
@@ -66,7 +71,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 #: libpq's sslmode values, the ones the README promises; asyncpg's own `ssl` takes them too.
 SSL_MODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
-REDIS_SCHEMES = frozenset({"redis", "rediss"})
 
 
 class BadSetting(Exception):
@@ -101,12 +105,14 @@ def check_database_url(database_url: str) -> None:
                 )
 
 
-def check_redis_url(redis_url: str | None) -> None:
-    if redis_url is None:
-        return
-    scheme = urlsplit(redis_url).scheme.lower()
-    if scheme not in REDIS_SCHEMES or not urlsplit(redis_url).hostname:
-        raise BadSetting("REDIS_URL: expected redis://host:port/db or rediss://host:port/db")
+def check_broker(settings: Settings) -> None:
+    """The broker URL's scheme names an engine (`CHAT_BROKER_URL`, else `REDIS_URL`)."""
+    from chat_server.broker.choice import check_broker_url
+
+    try:
+        check_broker_url(settings)
+    except ValueError as exc:
+        raise BadSetting(str(exc)) from None
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -137,7 +143,7 @@ def _serve(settings: Settings) -> int:
     # an operator who mistyped something hears about it before anything has changed.
     try:
         check_database_url(settings.database_url)
-        check_redis_url(settings.redis_url)
+        check_broker(settings)
         if not settings.jwt_secret and sqlite_path(settings.database_url) is None:
             raise BadSetting("CHAT_JWT_SECRET is required when DATABASE_URL is PostgreSQL")
         sock = listening_socket(settings.host, settings.port)

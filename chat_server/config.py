@@ -20,6 +20,8 @@ class Settings:
     port: int = 8080
     database_url: str = "sqlite:///chat.db"
     redis_url: str | None = None
+    #: The broker between workers, by its URL's scheme (broker/choice.py); else `redis_url`.
+    broker_url: str | None = None
     jwt_secret: str | None = field(default=None, repr=False)
     allowed_origins: tuple[str, ...] = ()
     demo: bool = False
@@ -75,6 +77,14 @@ class Settings:
     redis_prefix: str = "chat:"
     redis_ping_interval_s: float = 2.0
     redis_timeout_s: float = 2.0
+    #: Every engine but plain Redis (which keeps the `redis_` settings above): how often a
+    #: worker checks that the broker echoes it, how long a broker call may take, and the name
+    #: of the exchange (AMQP), subject prefix (NATS), topic (Kafka).
+    broker_ping_interval_s: float = 2.0
+    broker_timeout_s: float = 2.0
+    broker_namespace: str = "chat"
+    #: Partitions of the Kafka topic when a worker creates it (an existing topic keeps its own).
+    kafka_partitions: int = 8
     shutdown_grace_s: float = 10.0
     #: Objects the youngest GC generation may hold in `serve` and gunicorn workers (gctune.py);
     #: 0 leaves Python's collector untouched.

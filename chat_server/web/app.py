@@ -10,9 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from chat_server.auth import TokenAuthority, load_or_create_secret, make_private_directory
-from chat_server.broker.base import Broker
-from chat_server.broker.memory import MemoryBroker
-from chat_server.broker.redis import RedisBroker
+from chat_server.broker.choice import build_broker
 from chat_server.chat import ChatService
 from chat_server.config import Settings
 from chat_server.fanout import Fanout
@@ -31,17 +29,6 @@ from chat_server.web.services import SERVICES, SETTINGS, Connections, Services
 from chat_server.web.websocket import websocket_handler
 
 log = logging.getLogger(__name__)
-
-
-def build_broker(settings: Settings) -> Broker:
-    if settings.redis_url:
-        return RedisBroker.from_url(
-            settings.redis_url,
-            prefix=settings.redis_prefix,
-            ping_interval_s=settings.redis_ping_interval_s,
-            command_timeout_s=settings.redis_timeout_s,
-        )
-    return MemoryBroker()
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:

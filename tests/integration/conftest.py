@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import secrets
 import signal
 import sqlite3
 import subprocess
@@ -29,12 +30,16 @@ import pytest
 from chat_server.auth import TokenAuthority
 from tests.conftest import SECRET
 from tests.services import (
+    BROKER_POOL,
     LOCALHOST,
+    BrokerPool,
+    BrokerServer,
     NginxServer,
     RedisServer,
     TcpProxy,
     free_port,
     require_binaries,
+    start_broker,
 )
 from tests.stomp_client import ChatClient, Dropped
 from tests.waiting import eventually
@@ -49,7 +54,10 @@ POLL_S = 0.05
 
 
 def worker_env(database_url: str, redis_url: str | None, **settings: str | float) -> dict[str, str]:
-    """The environment of a worker: shared database and secret, no inbound frame budget."""
+    """The environment of a worker: shared database and secret, no inbound frame budget.
+
+    `redis_url` is any broker URL: a redis:// one goes in REDIS_URL (as deployments have it),
+    any other in CHAT_BROKER_URL."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("CHAT_")}
     env.pop("REDIS_URL", None)
     env.pop("PORT", None)
@@ -61,8 +69,10 @@ def worker_env(database_url: str, redis_url: str | None, **settings: str | float
         CHAT_MAX_CONNECTIONS_PER_USER="0",
         PYTHONUNBUFFERED="1",
     )
-    if redis_url is not None:
+    if redis_url is not None and redis_url.startswith("redis://"):
         env["REDIS_URL"] = redis_url
+    elif redis_url is not None:
+        env["CHAT_BROKER_URL"] = redis_url
     env.update({f"CHAT_{name.upper()}": str(value) for name, value in settings.items()})
     return env
 
@@ -208,19 +218,44 @@ def start_workers(workers: Sequence[Worker]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# The cluster: Redis + 2 workers + nginx
+# The cluster: a broker + 2 workers + nginx
 # --------------------------------------------------------------------------------------------------
+
+#: Every broker engine the scale-out and fault tests run on (tests/services.py starts each).
+ENGINES = ["redis", "redis-cluster", "rabbitmq", "nats", "kafka"]
+#: How quickly the workers notice a silent broker, per engine's own settings.
+FAST_RECOVERY: dict[str, str | float] = {
+    "redis_ping_interval_s": 0.5, "broker_ping_interval_s": 0.5, "broker_timeout_s": 1.0,
+    "reconcile_interval_s": 1.0,
+}
+
+
+@pytest.fixture(scope="session")
+def broker_pool() -> Iterator[BrokerPool]:
+    """The session's shared broker servers (never killed: fault tests start their own)."""
+    BROKER_POOL.hold()
+    try:
+        yield BROKER_POOL
+    finally:
+        BROKER_POOL.release()
 
 
 @dataclass
 class Cluster:
     tmp_dir: Path
-    redis: RedisServer
+    broker: BrokerServer
     workers: list[Worker]
     nginx: NginxServer
     database_path: Path
     proxy: TcpProxy | None = None
     extra: list[NginxServer] = field(default_factory=list)
+    engine: str = "redis"
+
+    @property
+    def redis(self) -> RedisServer:
+        """The broker, for the tests that are about Redis itself."""
+        assert isinstance(self.broker, RedisServer), self.engine
+        return self.broker
 
     @property
     def a(self) -> Worker:
@@ -265,34 +300,45 @@ ClusterFactory = Callable[..., Cluster]
 
 
 @pytest.fixture
-def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
-    """`make_cluster(via_proxy=False, **settings)`: Redis, 2 workers (CHAT_ settings), nginx.
+def make_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ClusterFactory]:
+    """`make_cluster(engine="redis", via_proxy=False, shared=False, **settings)`: a broker,
+    2 workers (CHAT_ settings), nginx.
 
+    `shared=True` takes the session's server for the engine (a namespace of the cluster's own
+    keeps its traffic apart); otherwise the cluster has a private broker that a test may kill.
     Every program is looked for before anything starts (a missing one skips the test with nothing
     left behind), and each process is put on the teardown stack the moment it is started, so a
     failure half way through a start still stops what did come up.
     """
     with contextlib.ExitStack() as teardown:
 
-        def make(*, via_proxy: bool = False, **settings: str | float) -> Cluster:
-            require_binaries("redis-server", "nginx")
-            redis = RedisServer(tmp_path)
+        def make(*, engine: str = "redis", via_proxy: bool = False, shared: bool = False,
+                 **settings: str | float) -> Cluster:
+            require_binaries("nginx")
             database_path = tmp_path / "chat.db"
             database_url = f"sqlite:///{database_path}"
             ports = [free_port(), free_port()]
             nginx = NginxServer(tmp_path, ports)
-            redis.start()
-            teardown.callback(redis.stop)
+            if shared:
+                pool: BrokerPool = request.getfixturevalue("broker_pool")
+                broker = pool.get(engine)
+                namespace = f"c{secrets.token_hex(4)}"
+                settings = {"broker_namespace": namespace, "redis_prefix": f"{namespace}:",
+                            **settings}
+            else:
+                broker = start_broker(engine, tmp_path / "broker", teardown)
             proxy = None
             if via_proxy:
-                proxy = TcpProxy(redis.host, redis.port)
+                assert isinstance(broker, RedisServer), "the proxy stands in front of Redis"
+                proxy = TcpProxy(broker.host, broker.port)
                 teardown.callback(proxy.stop)
-            redis_url = f"redis://{LOCALHOST}:{proxy.port}/0" if proxy is not None else redis.url
-            env = worker_env(database_url, redis_url, **settings)
+            url = f"redis://{LOCALHOST}:{proxy.port}/0" if proxy is not None else broker.url
+            env = worker_env(database_url, url, **settings)
             workers = [Worker(name, tmp_path, env, port=port)
                        for name, port in zip(("worker-a", "worker-b"), ports, strict=True)]
-            cluster = Cluster(tmp_path, redis, workers, nginx, database_path, proxy)
-            # Stopped in reverse: the extra nginx instances, nginx, the workers, then Redis.
+            cluster = Cluster(tmp_path, broker, workers, nginx, database_path, proxy,
+                              engine=engine)
+            # Stopped in reverse: the extra nginx instances, nginx, the workers, then the broker.
             for worker in workers:
                 teardown.callback(worker.stop)
             teardown.callback(nginx.stop)

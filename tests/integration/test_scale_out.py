@@ -1,5 +1,6 @@
 """Scale-out: a message sent through any worker reaches every subscriber on every worker, once,
-in `seq` order, with nginx round-robin in front (issue 4, "Tests that must exist")."""
+in `seq` order, with nginx round-robin in front (issue 4, "Tests that must exist"); on every
+broker engine, each a server of the session shared by these tests."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ from collections import Counter
 from functools import partial
 
 import aiohttp
+import pytest
 
 from tests.integration.conftest import (
+    ENGINES,
+    FAST_RECOVERY,
     ClientFactory,
     Cluster,
+    ClusterFactory,
     Tally,
     create_group_room,
     has,
@@ -21,6 +26,12 @@ from tests.integration.conftest import (
 from tests.stomp_client import ChatClient
 
 TIMEOUT_S = 20.0
+
+
+@pytest.fixture(params=ENGINES)
+def cluster(request: pytest.FixtureRequest, make_cluster: ClusterFactory) -> Cluster:
+    """Two workers and nginx on the engine of the parameter (the session's server for it)."""
+    return make_cluster(engine=request.param, shared=True, **FAST_RECOVERY)
 
 
 def check_bodies(client: ChatClient, room: int, rows: dict[int, tuple[int, str, str | None]],
@@ -65,7 +76,7 @@ async def test_through_nginx_to_a_and_direct_to_b_both_directions(
     assert [b["senderId"] for b in yolanda.messages[room]] == (
         ["xavier"] * per_direction + ["yolanda"] * per_direction
     )
-    print(f"\n{tally.summary('nginx->A / direct->B, both directions')}")
+    print(f"\n{tally.summary(f'{cluster.engine}: nginx->A / direct->B, both directions')}")
     tally.assert_clean(cluster.logs())
 
 
@@ -124,7 +135,8 @@ async def test_many_clients_across_two_workers_and_nginx_exactly_once_in_order(
                if b["senderId"] == client.user]
         assert own == [f"{client.user}-{k}" for k in range(per_client)]
     print(
-        f"\n[scale-out] clients {n_clients} (20 via nginx, 20 on A, 20 on B), rooms {n_rooms}, "
+        f"\n[scale-out, {cluster.engine}] clients {n_clients} (20 via nginx, 20 on A, 20 on B), "
+        f"rooms {n_rooms}, "
         f"messages sent {len(stored)} (all receipted in {sent_s:.2f} s), delivered "
         f"{tally.delivered} of {tally.expected} expected (all in {delivered_s:.2f} s), "
         f"lost {tally.lost}, duplicated {tally.duplicated}, out of order {tally.out_of_order}"
