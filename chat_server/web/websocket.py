@@ -103,7 +103,7 @@ async def _serve(
     stall = services.settings.send_stall_s or None
     writer = SocketWriter(
         ws, session.conn, session.outbox, request.transport, request.writer.drain, stall,
-        session.log_context,
+        session.log_context, session.outlet.slow_consumer,
     )
     services.keepalive.add(writer)
     try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import socket
 import struct
 
@@ -14,6 +16,7 @@ from tests.stomp_client import (
     CLOSE,
     CONTINUATION,
     PING,
+    PING_BATCH,
     PONG,
     TEXT,
     connect_bytes,
@@ -98,6 +101,32 @@ async def test_w9_ping_flood_is_answered_and_the_connection_still_serves(
         assert received.payload.startswith(b"RECEIPT\n")
         break
     assert pongs == 2000
+
+
+@pytest.mark.parametrize("connect", [False, True], ids=["before CONNECT", "after CONNECT"])
+async def test_w17_pongs_a_client_never_reads_count_against_the_outgoing_bound(
+    make_server: ServerFactory, caplog: pytest.LogCaptureFixture, connect: bool
+) -> None:
+    """The pongs go into the same bound as frames (CHAT_OUTBOX_BYTES); past it the flooding
+    connection is closed as a slow consumer, whether or not it sent CONNECT."""
+    caplog.set_level(logging.INFO, logger="chat_server")
+    server = await make_server(outbox_bytes=64 * 1024, ws_ping_s=0)
+    sessions = server.services.connections.sessions
+    raw = await server.raw(rcvbuf=4096)
+    if connect:
+        await raw.send_text(connect_bytes(server.tokens.mint("alice")))
+        assert (await raw.receive()).payload.startswith(b"CONNECTED\n")
+    # Up to 100 000 pings (12.7 MB of pongs, far past what the socket buffers hold), never
+    # reading; the connection stays open on this side until the server ends it.
+    with contextlib.suppress(ConnectionError):
+        for _ in range(100):
+            if not sessions:
+                break
+            raw.writer.write(PING_BATCH)
+            await asyncio.wait_for(raw.writer.drain(), 5)
+    await eventually(lambda: not sessions, 10.0, "the flooding connection is closed")
+    assert any(record.getMessage() == "closing: slow consumer" for record in caplog.records)
+    assert (await server.ws("bob")).ws.closed is False  # the worker is fine
 
 
 @pytest.mark.parametrize("header", [b"X-Big: " + b"a" * 65536,
