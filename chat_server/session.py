@@ -184,6 +184,18 @@ class Session:
             reason = "heart-beat timeout" if silent else "session expired"
         self.outlet.fail(StompProtocolError(reason, close_code=CloseCode.POLICY_VIOLATION))
 
+    async def refused(self, code: CloseCode, reason: str) -> None:
+        """The WebSocket layer refused what the peer sent next; the frames before it are
+        answered first. A message over the size limit gets ERROR `frame too large` before the
+        close (STOMP 1.2, "Size Limits": the server SHOULD send ERROR, then close)."""
+        if self.conn.closing:
+            return
+        await self.sends.settle()
+        if code is CloseCode.MESSAGE_TOO_BIG:
+            self.outlet.fail(StompProtocolError("frame too large", detail=reason, close_code=code))
+        else:
+            self.outlet.close(code, reason)
+
     def going_away(self) -> None:
         """The server is shutting down: take no new frame, let the one in hand finish (a SEND
         is stored and receipted), flush, then close with 1001."""

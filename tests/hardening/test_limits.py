@@ -44,11 +44,19 @@ async def test_frame_size_limit(server: Server, over: int) -> None:
         assert (await alice.receive()).get("receipt-id") == "r"
 
 
-async def test_websocket_message_over_the_limit_closes_1009(server: Server) -> None:
-    """W3: one WebSocket message over CHAT_MAX_FRAME_BYTES; the worker stays up."""
-    alice = await server.ws("alice")
-    await alice.send_raw(b"\n" * (server.settings.max_frame_bytes + 1))
-    assert await alice.expect_close() == 1009
+@pytest.mark.parametrize("pre_connect", [True, False])
+async def test_websocket_message_over_the_limit_gets_error_then_1009(
+    server: Server, pre_connect: bool
+) -> None:
+    """W3: one WebSocket message over CHAT_MAX_FRAME_BYTES gets ERROR `frame too large` before
+    the close 1009 (STOMP 1.2, Size Limits: SHOULD send ERROR, then close), before CONNECT too;
+    one at the limit is served; the worker stays up."""
+    limit = server.settings.max_frame_bytes
+    alice = await server.ws(None if pre_connect else "alice")
+    await alice.send_raw(b"\n" * limit)  # heart-beat EOLs: at the limit, taken and ignored
+    await alice.send_raw(b"\n" * (limit + 1))
+    error = await expect_fatal(alice, "frame too large", 1009)
+    assert error.get("version") == ("1.0,1.1,1.2" if pre_connect else None)
     assert (await server.ws("alice")).ws.closed is False
 
 

@@ -49,8 +49,35 @@ async def test_w4_huge_declared_length_closes_1009_before_buffering(server: Serv
     raw = await server.raw()
     await raw.send(ws_frame(b"", TEXT, declared_length=2**40))
     await raw.send(b"x" * 1000)  # trickled data that must never be buffered
-    assert await raw.close_code() == 1009
+    data, code = await raw.stomp_until_close()
+    assert code == 1009
+    assert data.startswith(b"ERROR\n") and b"\nmessage:frame too large\n" in data
     assert (await server.ws("alice")).ws.closed is False  # the worker is fine
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one message", "fragmented"])
+async def test_w3_frames_before_an_oversized_message_are_answered_before_its_error(
+    server: Server, split: bool
+) -> None:
+    """The refusal of a message over the limit comes after the answers to what came before it
+    in the same read, whether it is one frame or fragments adding up past the limit."""
+    raw = await server.raw()
+    limit = server.settings.max_frame_bytes
+    subscribe = frame("SUBSCRIBE", [("id", "1"), ("destination", "/user/queue/errors"),
+                                    ("receipt", "before")])
+    if split:
+        oversized = (ws_frame(b"\n" * (limit // 2), TEXT, fin=False)
+                     + ws_frame(b"\n" * (limit // 2 + 1), CONTINUATION))
+    else:
+        oversized = ws_frame(b"\n" * (limit + 1), TEXT)
+    await raw.send(ws_frame(connect_bytes(server.tokens.mint("alice")), TEXT)
+                   + ws_frame(subscribe, TEXT) + oversized)
+    data, code = await raw.stomp_until_close()
+    assert code == 1009
+    connected, receipt, error = data.split(b"\0")[:3]
+    assert connected.startswith(b"CONNECTED\n")
+    assert receipt.startswith(b"RECEIPT\nreceipt-id:before\n")
+    assert error.startswith(b"ERROR\n") and b"\nmessage:frame too large\n" in error
 
 
 @pytest.mark.parametrize(
