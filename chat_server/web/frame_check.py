@@ -1,7 +1,9 @@
 """RFC 6455 frame headers checked on their way from the socket to aiohttp's WebSocket reader.
 
-aiohttp answers a message over its size limit with a bare close 1009, while STOMP says a server
-SHOULD send an ERROR frame first ("Size Limits"). `FrameCheck` sits where aiohttp's protocol
+aiohttp's reader (its C and its Python one alike) reads a client frame's mask bit and unmasks by
+it, but never refuses an unmasked frame, which a server MUST (RFC 6455 §5.1: close 1002); and it
+answers a message over its size limit with a bare close 1009, while STOMP says a server SHOULD
+send an ERROR frame first ("Size Limits"). `FrameCheck` sits where aiohttp's protocol
 hands upgraded bytes to its reader (`RequestHandler.set_parser`, see serving.py): it walks the
 frame headers, payloads skipped and never copied, passes on every byte up to the first header it
 refuses, and drops everything after it. The refusal is then queued behind the messages already
@@ -20,6 +22,7 @@ _OPCODE = 0x0F
 _FIN = 0x80
 _LENGTH = 0x7F
 _CONTINUATION, _TEXT, _BINARY = 0x0, 0x1, 0x2
+_MASKED = 0x80
 _MASK_KEY = 4
 
 
@@ -99,9 +102,13 @@ class FrameCheck:
             if self.refusal is not None:
                 return pos
             pos += header
-            self._skip = length + (_MASK_KEY if second & 0x80 else 0)
+            self._skip = length + _MASK_KEY  # every frame passed on is masked
 
     def _check(self, first: int, second: int, length: int) -> FrameRefused | None:
+        if not second & _MASKED:
+            # RFC 6455 §5.1: "a server MUST close the connection upon receiving a frame that is
+            # not masked", with 1002 (§7.4.1), whatever the frame (control frames too).
+            return FrameRefused(WSCloseCode.PROTOCOL_ERROR, "client frames must be masked")
         opcode = first & _OPCODE
         if opcode in (_TEXT, _BINARY):
             self._message_bytes = length

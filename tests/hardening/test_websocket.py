@@ -21,6 +21,7 @@ from tests.stomp_client import (
     TEXT,
     connect_bytes,
     frame,
+    send_body,
     ws_frame,
 )
 from tests.waiting import eventually
@@ -86,7 +87,6 @@ async def test_w3_frames_before_an_oversized_message_are_answered_before_its_err
         (ws_frame(b"CONNECT\n\n\0", TEXT, rsv=4), 1002),  # W5: RSV1, compression is off
         (ws_frame(b"CONNECT\n\n\0", TEXT, rsv=1), 1002),  # W8: RSV3
         (ws_frame("\xff\xfe".encode("latin-1"), TEXT), 1007),  # W6: invalid UTF-8 text
-        (ws_frame(b"x", TEXT, masked=False), 1002),  # W8: unmasked client frame
         (ws_frame(b"x", 0x3), 1002),  # W8: reserved opcode
         (ws_frame(b"x", PING, fin=False), 1002),  # W8: fragmented control frame
         (ws_frame(b"x" * 126, PING), 1002),  # W8: control payload over 125 bytes
@@ -99,6 +99,41 @@ async def test_w5_w6_w8_bad_websocket_frames(server: Server, data: bytes, code: 
     await raw.send(data)
     assert await raw.close_code() == code
     assert (await server.ws("alice")).ws.closed is False
+
+
+async def test_w8_an_unmasked_frame_is_refused_by_the_websocket_layer(server: Server) -> None:
+    """RFC 6455 §5.1: a server MUST close on an unmasked client frame (1002), whatever is in it:
+    a valid CONNECT gets no CONNECTED, and no STOMP frame answers the close."""
+    raw = await server.raw()
+    await raw.send(ws_frame(connect_bytes(server.tokens.mint("alice")), TEXT, masked=False))
+    data, code = await raw.stomp_until_close()
+    assert (data, code) == (b"", 1002)
+
+
+async def test_w8_an_unmasked_ping_gets_no_pong(server: Server) -> None:
+    raw = await server.raw()
+    await raw.send(ws_frame(b"are you there", PING, masked=False))
+    assert await raw.close_code() == 1002
+
+
+async def test_w8_frames_before_an_unmasked_one_are_answered_and_it_is_never_read(
+    server: Server,
+) -> None:
+    room = await server.room("alice", "bob")
+    raw = await server.raw()
+    send = frame("SEND", [("destination", "/app/message"), ("content-type", "application/json"),
+                          ("receipt", "unmasked")], send_body(room, "never stored"))
+    await raw.send(ws_frame(connect_bytes(server.tokens.mint("alice")), TEXT)
+                   + ws_frame(frame("SUBSCRIBE", [("id", "1"), ("receipt", "masked"),
+                                                  ("destination", "/user/queue/errors")]), TEXT)
+                   + ws_frame(send, TEXT, masked=False))
+    data, code = await raw.stomp_until_close()
+    assert code == 1002
+    connected, receipt, rest = data.split(b"\0", 2)
+    assert connected.startswith(b"CONNECTED\n")
+    assert receipt.startswith(b"RECEIPT\nreceipt-id:masked\n")
+    assert rest == b""  # no RECEIPT for the SEND, no ERROR: the WebSocket layer closed
+    assert await server.history("alice", room) == []
 
 
 async def test_w7_binary_and_fragmented_messages_carry_stomp(server: Server) -> None:

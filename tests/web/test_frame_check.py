@@ -76,6 +76,15 @@ def test_a_message_over_the_limit_is_refused_at_the_header_that_crosses_it(
     assert [refusal.code for refusal in refusals] == [1009]
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 4096])
+@pytest.mark.parametrize("opcode", [TEXT, BINARY, CONTINUATION, PING])
+def test_an_unmasked_frame_is_refused_at_its_header(chunk: int, opcode: int) -> None:
+    before = ws_frame(b"ok", TEXT, fin=opcode != CONTINUATION)
+    passed, refusals = run(before + ws_frame(b"bare", opcode, masked=False), chunk)
+    assert passed == before
+    assert [refusal.code for refusal in refusals] == [1002]
+
+
 def test_a_refusal_before_anyone_watches_is_told_when_they_do() -> None:
     reader = RecordingReader()
     check = FrameCheck(cast(Any, reader), LIMIT)
