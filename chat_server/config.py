@@ -35,6 +35,9 @@ class Settings:
     max_unacked: int = 1000
     max_pipelined_sends: int = 32
     connect_timeout_s: float = 10.0
+    #: Longest time a STOMP frame may take to arrive whole, from when the server first waits
+    #: for the rest of it; past it: ERROR `frame timeout`, 1008. 0: no bound (BAD_INPUTS F1).
+    frame_timeout_s: float = 10.0
     #: Longest time from a connection's opening (or a later request's first byte) to the end
     #: of its HTTP request head; past it the connection is closed (slowloris). 0: no bound.
     request_head_timeout_s: float = 10.0

@@ -14,13 +14,20 @@ def _ignore() -> None:
     pass
 
 
+def _nothing_downstream() -> int:
+    return 0
+
+
 class Outbox:
     """Frames waiting for one socket's writer.
 
     `put` never blocks (fan-out must never wait for one client); past `limit_bytes` it raises
-    `OutboxOverflow`. The writer is told through `on_ready` and takes everything queued at once,
-    so frames queued in the same loop iteration leave in one WebSocket message. Whether more may
-    be queued is not the outbox's to know: the connection decides the close (`Outlet` asks it).
+    `OutboxOverflow`. The limit bounds every byte the connection holds for its peer: what is
+    queued here and what the writer already handed to the socket but the peer has not taken
+    (`downstream`), pongs and pings included (the writer asks `admit` before writing those).
+    The writer is told through `on_ready` and takes everything queued at once, so frames queued
+    in the same loop iteration leave in one WebSocket message. Whether more may be queued is not
+    the outbox's to know: the connection decides the close (`Outlet` asks it).
     """
 
     def __init__(self, limit_bytes: int) -> None:
@@ -34,6 +41,8 @@ class Outbox:
         self.on_ready: Callable[[], None] = _ignore
         #: Called by `abandon`, so a writer waiting for a slow peer stops waiting.
         self.on_abandon: Callable[[], None] = _ignore
+        #: Bytes written on but not yet sent (the transport's write buffer; set by the writer).
+        self.downstream: Callable[[], int] = _nothing_downstream
 
     @property
     def size(self) -> int:
@@ -45,11 +54,19 @@ class Outbox:
         return bool(self._chunks)
 
     def put(self, data: bytes) -> None:
-        if self._size + len(data) > self.limit_bytes and self._size:
-            raise OutboxOverflow(f"outbox above {self.limit_bytes} bytes")
+        held = self._size + self.downstream()  # `admit`, inline: this is the fan-out's path
+        if held + len(data) > self.limit_bytes and held:
+            raise OutboxOverflow(f"outgoing bytes above {self.limit_bytes}")
         self._chunks.append(data)
         self._size += len(data)
         self.on_ready()
+
+    def admit(self, size: int) -> None:
+        """Raise `OutboxOverflow` unless `size` more bytes fit beside what the peer has yet to
+        take (one frame larger than the limit still goes when nothing is held)."""
+        held = self._size + self.downstream()
+        if held + size > self.limit_bytes and held:
+            raise OutboxOverflow(f"outgoing bytes above {self.limit_bytes}")
 
     def put_final(self, data: bytes) -> None:
         """The last frame (an ERROR): queued even past the limit, since it is small and must

@@ -155,22 +155,49 @@ class Session:
             self.outlet.fail_on(exc)
 
     def read_deadline(self) -> float | None:
-        """Monotonic time by which the peer must have sent something (or its token expired)."""
-        deadline = self.conn.peer_deadline(self._settings.connect_timeout_s, self.started)
+        """Monotonic time by which the peer must have sent something, or completed the frame
+        it began (or its token expired); called each time the reader is about to wait."""
+        now = time.monotonic()
+        deadlines = [
+            self.conn.peer_deadline(self._settings.connect_timeout_s, self.started),
+            self._frame_deadline(now),
+        ]
         if self.identity is not None and self.identity.expires_at is not None:
-            expiry = time.monotonic() + (self.identity.expires_at - time.time())
-            deadline = expiry if deadline is None else min(deadline, expiry)
-        return deadline
+            deadlines.append(now + (self.identity.expires_at - time.time()))
+        return min((d for d in deadlines if d is not None), default=None)
+
+    def _frame_deadline(self, now: float) -> float | None:
+        """When the frame in progress must be complete (CHAT_FRAME_TIMEOUT_S; BAD_INPUTS F1)."""
+        if not self._settings.frame_timeout_s:
+            return None
+        since = self.conn.incomplete_frame_since(now)
+        return None if since is None else since + self._settings.frame_timeout_s
 
     def timed_out(self) -> None:
         """The read deadline passed: say why, then close."""
+        now = time.monotonic()
+        frame_deadline = self._frame_deadline(now)
         if self.conn.state is State.AWAITING_CONNECT:
             reason = "no CONNECT in time"
+        elif frame_deadline is not None and frame_deadline <= now:
+            reason = "frame timeout"
         else:
             silence = self.conn.peer_deadline(self._settings.connect_timeout_s, self.started)
-            silent = silence is not None and silence <= time.monotonic()
+            silent = silence is not None and silence <= now
             reason = "heart-beat timeout" if silent else "session expired"
         self.outlet.fail(StompProtocolError(reason, close_code=CloseCode.POLICY_VIOLATION))
+
+    async def refused(self, code: CloseCode, reason: str) -> None:
+        """The WebSocket layer refused what the peer sent next; the frames before it are
+        answered first. A message over the size limit gets ERROR `frame too large` before the
+        close (STOMP 1.2, "Size Limits": the server SHOULD send ERROR, then close)."""
+        if self.conn.closing:
+            return
+        await self.sends.settle()
+        if code is CloseCode.MESSAGE_TOO_BIG:
+            self.outlet.fail(StompProtocolError("frame too large", detail=reason, close_code=code))
+        else:
+            self.outlet.close(code, reason)
 
     def going_away(self) -> None:
         """The server is shutting down: take no new frame, let the one in hand finish (a SEND

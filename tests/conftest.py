@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from chat_server.auth import TokenAuthority
 from chat_server.config import Settings
 from chat_server.web.app import create_app
+from chat_server.web.services import SETTINGS
+from chat_server.web.serving import ChatRunner
 from tests.postgres import PostgresDatabases
 from tests.services import PostgresServer
 from tests.stomp_client import StompClient
@@ -26,6 +29,15 @@ pytest_plugins = ["tests.fanout_fixtures"]
 SECRET = "test-secret-that-is-long-enough-for-hs256"
 
 AiohttpClient = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+class ChatTestServer(TestServer):
+    """aiohttp's test server on ChatRunner, the runner `serve` and the gunicorn workers use:
+    its connections time their request heads and check WebSocket frames (web/serving.py)."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        head_timeout_s = self.app[SETTINGS].request_head_timeout_s
+        return ChatRunner(self.app, head_timeout_s=head_timeout_s, **kwargs)
 
 
 @pytest.fixture(scope="session")

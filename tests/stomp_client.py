@@ -310,6 +310,37 @@ class RawWebSocket:
         self.writer.close()
 
 
+#: 1000 pings with a 125-byte payload (the most RFC 6455 allows a control frame): 131 KB.
+PING_BATCH = b"".join(ws_frame(b"p" * 125, PING) for _ in range(1000))
+
+
+async def flood_pings(host: str, port: int, *, token: str | None, connections: int,
+                      until: float) -> int:
+    """Ping a server without ever reading its answers (a 4 KiB receive buffer), 1000 pings per
+    write, until the server ends the connection; then again on a new one (with CONNECT first
+    when `token` is given), `connections` times, or until the monotonic time `until`. Returns
+    how many connections the server ended."""
+    closed = 0
+    while closed < connections and time.monotonic() < until:
+        try:
+            raw = await RawWebSocket.open(host, port, rcvbuf=4096)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            await asyncio.sleep(0.05)
+            continue
+        try:
+            if token is not None:
+                await raw.send_text(connect_bytes(token))
+            while time.monotonic() < until:
+                raw.writer.write(PING_BATCH)
+                async with asyncio.timeout(max(0.01, until - time.monotonic())):
+                    await raw.writer.drain()
+        except (ConnectionError, TimeoutError):
+            closed += time.monotonic() < until
+        finally:
+            raw.writer.transport.abort()
+    return closed
+
+
 # --------------------------------------------------------------------------------------------------
 # A recording, resuming client for the multi-process tests
 # --------------------------------------------------------------------------------------------------

@@ -136,6 +136,10 @@ class StompConnection:
         self._unacked: dict[str, Subscription] = {}  # insertion-ordered, as ACK needs
         self._transactions: dict[str, _Transaction] = {}
         self._message_counter = 0
+        #: Frames the parser has completed; tells one incomplete frame from the next.
+        self._frames_parsed = 0
+        #: (frames parsed then, time) when the frame still incomplete was first seen waiting.
+        self._incomplete: tuple[int, float] | None = None
 
     # --- input --------------------------------------------------------------------------------
 
@@ -147,6 +151,7 @@ class StompConnection:
     def events_received(self) -> Iterator[Frame]:
         """Complete frames the current state accepts; raises on the first that breaks a rule."""
         for frame in self._parser.frames():
+            self._frames_parsed += 1
             if self.state is State.CLOSED or self.state is State.STOPPING:
                 # BAD_INPUTS P19: frames after DISCONNECT are ignored; while stopping, a frame
                 # not started is not receipted, so the client sends it again elsewhere.
@@ -371,6 +376,18 @@ class StompConnection:
             raise self._error(frame, "unknown transaction")
 
     # --- time ---------------------------------------------------------------------------------
+
+    def incomplete_frame_since(self, now: float) -> float | None:
+        """Since when the peer owes the rest of a frame it began (BAD_INPUTS F1), or None
+        between frames. The clock starts the first time this is asked about that frame: ask
+        when about to wait for the peer, so the time the server spends handling the frames
+        before it does not count."""
+        if not self._parser.buffered_bytes:
+            self._incomplete = None
+            return None
+        if self._incomplete is None or self._incomplete[0] != self._frames_parsed:
+            self._incomplete = (self._frames_parsed, now)
+        return self._incomplete[1]
 
     def peer_deadline(self, connect_timeout_s: float, started: float) -> float | None:
         """When the peer's silence ends the connection (monotonic seconds), or None."""

@@ -6,6 +6,8 @@ its keep-alive timer (75 s under `serve`, gunicorn's `--keep-alive` under the Pr
 client sending one header line every few seconds holds a socket that long per connection
 (BAD_INPUTS W16). `ChatRequestHandler` closes a connection whose head is not complete within
 `CHAT_REQUEST_HEAD_TIMEOUT_S` of its opening, or of the first byte of a later request on it.
+Once a connection is upgraded to a WebSocket, its bytes pass through a `FrameCheck`
+(frame_check.py) before aiohttp's WebSocket reader.
 Both `chat-server serve` (`run`) and the gunicorn workers (`gunicorn_runner`) use `ChatRunner`.
 """
 
@@ -20,10 +22,12 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_websocket import WebSocketReader
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_runner import GracefulExit
 
 from chat_server.config import Settings
+from chat_server.web.frame_check import FrameCheck
 from chat_server.web.services import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -47,9 +51,15 @@ class ChatRequestHandler(web.RequestHandler):
     count when it began.
     """
 
-    def __init__(self, manager: web.Server, *, head_timeout_s: float, **kwargs: Any) -> None:
+    def __init__(
+        self, manager: web.Server, *, head_timeout_s: float, max_message_bytes: int,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(manager, **kwargs)
         self._head_timeout_s = head_timeout_s
+        self._max_message_bytes = max_message_bytes
+        #: The upgraded connection's check, once there is one (the WebSocket handler watches it).
+        self.frame_check: FrameCheck | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_deadline = 0.0
         #: Requests parsed on this connection when the timed head began.
@@ -92,6 +102,14 @@ class ChatRequestHandler(web.RequestHandler):
         ):
             self._head_began()
 
+    def set_parser(self, parser: Any, *args: Any, **kwargs: Any) -> None:
+        """aiohttp hands an upgraded connection's WebSocket reader here (web_ws); the bytes
+        reach it through a FrameCheck, which sees them first (the bytes that came with the
+        upgrade request too: aiohttp feeds those in this call)."""
+        if isinstance(parser, WebSocketReader):
+            parser = self.frame_check = FrameCheck(parser, self._max_message_bytes)
+        super().set_parser(parser, *args, **kwargs)
+
     def handle_error(
         self,
         request: BaseRequest,
@@ -123,22 +141,28 @@ class ChatRequestHandler(web.RequestHandler):
 class ChatHttpServer(web.Server):
     """aiohttp's protocol factory, making `ChatRequestHandler`s."""
 
-    def __init__(self, *args: Any, head_timeout_s: float, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, head_timeout_s: float, max_message_bytes: int, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.head_timeout_s = head_timeout_s
+        self.max_message_bytes = max_message_bytes
 
     def __call__(self) -> web.RequestHandler:
         return ChatRequestHandler(
-            self, loop=self._loop, head_timeout_s=self.head_timeout_s, **self._kwargs
+            self, loop=self._loop, head_timeout_s=self.head_timeout_s,
+            max_message_bytes=self.max_message_bytes, **self._kwargs,
         )
 
 
 class ChatRunner(web.AppRunner):
-    """An AppRunner whose connections are ChatRequestHandlers (head timer off with 0)."""
+    """An AppRunner whose connections are ChatRequestHandlers (head timer off with 0). The
+    WebSocket message limit is the app's `CHAT_MAX_FRAME_BYTES`."""
 
     def __init__(self, app: web.Application, *, head_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self._head_timeout_s = head_timeout_s
+        self._max_message_bytes = app[SETTINGS].max_frame_bytes
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
@@ -148,6 +172,7 @@ class ChatRunner(web.AppRunner):
             handler_cancellation=server.handler_cancellation,
             loop=server._loop,
             head_timeout_s=self._head_timeout_s,
+            max_message_bytes=self._max_message_bytes,
             **server._kwargs,
         )
 

@@ -6,6 +6,11 @@ no task at all. Only a peer that reads slowly (the transport above its high-wate
 task that waits for the transport to drain, never longer than the send stall and never past an
 outbox overflow; the connection is then cut as a slow consumer.
 
+Bytes that never sit in the outbox (pongs, pings, heart-beats) count against the same bound
+as frames: the outbox's limit covers what it queues plus what the transport still holds, so a
+peer that sends pings and never reads the pongs is a slow consumer like any other (BAD_INPUTS
+W9, W17), before CONNECT too.
+
 The writer decides nothing about the STOMP conversation: it asks the connection whether the
 close is decided and with which code, and tells it when the peer reads too slowly (the
 connection then makes the ERROR). `finished()` is how its owner learns that it is done.
@@ -22,7 +27,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from chat_server.outbox import Outbox
+from chat_server.outbox import Outbox, OutboxOverflow
 from chat_server.outlet import SLOW_CONSUMER
 from chat_server.stomp.connection import StompConnection
 from chat_server.stomp.frames import HEARTBEAT
@@ -94,6 +99,8 @@ class SocketWriter:
         #: Anything received since the last keep-alive sweep (the reader sets it; keepalive.py).
         self.heard_from = True
         self._outbox.on_ready = self._schedule_flush
+        if transport is not None:
+            self._outbox.downstream = transport.get_write_buffer_size
         if self._outbox.pending or self._conn.closing:
             self._schedule_flush()
 
@@ -150,13 +157,14 @@ class SocketWriter:
             transport.write(payload)
         self._last_write = self._loop.time()
 
-    # --- WebSocket control frames: straight to the transport, between whole frames --------------
+    # --- WebSocket control frames: straight to the transport, between whole frames, bounded ----
 
     def ping(self) -> None:
         self._control(_PING)
 
     def pong(self, payload: bytes) -> None:
-        """Answer a client's ping (its payload is at most 125 bytes: RFC 6455 §5.5)."""
+        """Answer a client's ping (its payload is at most 125 bytes: RFC 6455 §5.5), if the
+        answer fits within the outgoing bound; past it the peer is a slow consumer."""
         self._control(_SHORT.pack(_FIN_PONG, len(payload)) + payload)
 
     def cut(self) -> None:
@@ -167,9 +175,30 @@ class SocketWriter:
 
     def _control(self, frame: bytes) -> None:
         transport = self._transport
-        if self._finished or transport is None or transport.is_closing() or self._ws.closed:
+        if (
+            self._finished
+            or self._conn.closing
+            or transport is None
+            or transport.is_closing()
+            or self._ws.closed
+        ):
+            return
+        try:
+            self._outbox.admit(len(frame))
+        except OutboxOverflow:
+            self._overflowed()
             return
         transport.write(frame)
+
+    def _overflowed(self) -> None:
+        """Bytes the peer asked for (pongs) or is owed (heart-beats) do not fit: it takes less
+        than it gets. Its socket is full already, so it is cut without waiting for the stall."""
+        if self._finished:
+            return
+        if self._task is None:
+            self._start(self._drop_slow_consumer())
+        else:
+            self._outbox.abandon()  # cuts the wait for the peer short; it then cuts the peer
 
     # --- heart-beats: one timer, re-armed from the last write -----------------------------------
 
@@ -185,7 +214,12 @@ class SocketWriter:
         if now + _TIMER_SLACK_S >= due:
             if self._task is None and not self._outbox.pending:
                 try:
+                    self._outbox.admit(len(HEARTBEAT) + 2)  # with its WebSocket header
                     self._write(HEARTBEAT)  # STOMP 1.2: any byte counts as a heart-beat
+                except OutboxOverflow:
+                    self._heartbeat = None
+                    self._overflowed()
+                    return
                 except ConnectionError:
                     self._gone()
                     return
@@ -233,10 +267,16 @@ class SocketWriter:
 
     async def _drop_slow_consumer(self) -> None:
         """Send ERROR and the close without waiting for the peer, then cut the connection."""
-        log.info("cutting a slow consumer's connection", extra={"session": self._conn.session_id})
-        # Found by the stall: the ERROR replaces whatever is queued. When the close was decided
-        # before (an overflow left only its ERROR queued), what is queued goes last.
-        final = self._conn.error(SLOW_CONSUMER) or self._outbox.take()
+        context = {"session": self._conn.session_id}
+        # Found here (the stall, or pongs past the bound): the ERROR replaces whatever is
+        # queued. When the close was decided before (an overflow left only its ERROR queued),
+        # what is queued goes last.
+        final = self._conn.error(SLOW_CONSUMER)
+        if final:
+            log.info("closing: slow consumer", extra=context)
+        else:
+            final = self._outbox.take()
+        log.info("cutting a slow consumer's connection", extra=context)
         self._outbox.discard()
         close = self._conn.close
         assert close is not None

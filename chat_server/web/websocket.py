@@ -10,9 +10,12 @@ from functools import partial
 from aiohttp import WSMsgType, web
 
 from chat_server.session import Session
+from chat_server.stomp.errors import CloseCode
 from chat_server.stomp.negotiation import SUBPROTOCOLS
+from chat_server.web.frame_check import ChatWebSocketResponse, FrameRefused
 from chat_server.web.rest import json_error
 from chat_server.web.services import SERVICES, Services
+from chat_server.web.serving import ChatRequestHandler
 from chat_server.web.socket_writer import SocketWriter
 
 log = logging.getLogger(__name__)
@@ -63,15 +66,19 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return json_error(429, "too_many_connections", "too many connections from this address")
     try:
         chosen = choose_subprotocol(request.headers.get("Sec-WebSocket-Protocol"))
-        ws = web.WebSocketResponse(
+        ws = ChatWebSocketResponse(
             protocols=(chosen,) if chosen else (),
             # Pings come from one worker-wide sweep (keepalive.py), answered pings too.
             autoping=False,
+            # The FrameCheck (ChatRunner's connections) refuses a larger message first, so that
+            # the client gets ERROR before the 1009; aiohttp's own limit stays as a backstop.
             # aiohttp refuses a message of max_msg_size bytes or more; the limit itself is allowed.
             max_msg_size=settings.max_frame_bytes + 1,
             compress=False,
         )
         await ws.prepare(request)
+        if isinstance(request.protocol, ChatRequestHandler) and request.protocol.frame_check:
+            request.protocol.frame_check.watch(ws.refuse)
         session = Session(
             chat=services.chat,
             fanout=services.fanout,
@@ -135,5 +142,8 @@ async def _read(ws: web.WebSocketResponse, session: Session, writer: SocketWrite
             writer.pong(message.data)
         elif message.type is WSMsgType.PONG:
             pass  # heard from: that is all a pong says
+        elif isinstance(message.data, FrameRefused):  # ERROR, queued by the FrameCheck
+            await session.refused(CloseCode(message.data.code), str(message.data))
+            return
         else:  # CLOSE, CLOSING, CLOSED, ERROR (aiohttp already answered 1009, 1007, 1002)
             return

@@ -15,7 +15,7 @@ from chat_server.config import Settings
 from chat_server.stomp.frames import Command, Frame
 from chat_server.web.app import create_app
 from chat_server.web.services import SERVICES, Services
-from tests.conftest import AiohttpClient
+from tests.conftest import AiohttpClient, ChatTestServer
 from tests.stomp_client import RawWebSocket, StompClient
 
 # Re-exported: a few hardening tests still import the byte builders from here.
@@ -116,7 +116,7 @@ async def make_server(
                 yield
 
             app.cleanup_ctx.append(swap)
-        server = Server(await aiohttp_client(app), app, tokens, chosen)
+        server = Server(await aiohttp_client(ChatTestServer(app)), app, tokens, chosen)
         servers.append(server)
         return server
 

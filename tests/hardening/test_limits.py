@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -43,11 +44,19 @@ async def test_frame_size_limit(server: Server, over: int) -> None:
         assert (await alice.receive()).get("receipt-id") == "r"
 
 
-async def test_websocket_message_over_the_limit_closes_1009(server: Server) -> None:
-    """W3: one WebSocket message over CHAT_MAX_FRAME_BYTES; the worker stays up."""
-    alice = await server.ws("alice")
-    await alice.send_raw(b"\n" * (server.settings.max_frame_bytes + 1))
-    assert await alice.expect_close() == 1009
+@pytest.mark.parametrize("pre_connect", [True, False])
+async def test_websocket_message_over_the_limit_gets_error_then_1009(
+    server: Server, pre_connect: bool
+) -> None:
+    """W3: one WebSocket message over CHAT_MAX_FRAME_BYTES gets ERROR `frame too large` before
+    the close 1009 (STOMP 1.2, Size Limits: SHOULD send ERROR, then close), before CONNECT too;
+    one at the limit is served; the worker stays up."""
+    limit = server.settings.max_frame_bytes
+    alice = await server.ws(None if pre_connect else "alice")
+    await alice.send_raw(b"\n" * limit)  # heart-beat EOLs: at the limit, taken and ignored
+    await alice.send_raw(b"\n" * (limit + 1))
+    error = await expect_fatal(alice, "frame too large", 1009)
+    assert error.get("version") == ("1.0,1.1,1.2" if pre_connect else None)
     assert (await server.ws("alice")).ws.closed is False
 
 
@@ -143,6 +152,26 @@ async def test_connect_timeout_boundary(make_server: ServerFactory) -> None:
     # The one that connected in time is still served after the window.
     await early.subscribe("/user/queue/errors", receipt="r")
     assert (await early.receive()).get("receipt-id") == "r"
+
+
+async def test_frame_timeout_closes_a_frame_left_incomplete(make_server: ServerFactory) -> None:
+    """F1: a frame begun and never finished, by a client that negotiated no heart-beats (so
+    no silence check applies: WebSocket pings it answers would keep it open), is closed at
+    CHAT_FRAME_TIMEOUT_S; nothing is stored. A frame arriving in pieces within the bound is
+    served."""
+    server = await make_server(frame_timeout_s=0.6)
+    room = await server.room("alice", "bob")
+    alice = await server.ws("alice", **{"heart-beat": "0,0"})
+    data = frame("SEND", [*SEND_JSON, ("receipt", "in-time")], send_body(room, "slow"))
+    await alice.send_raw(data[:20])
+    await asyncio.sleep(0.3)
+    await alice.send_raw(data[20:])
+    assert (await alice.receive()).get("receipt-id") == "in-time"
+    await alice.send_raw(frame("SEND", SEND_JSON, send_body(room, "never"))[:-1])  # no NUL
+    started = time.monotonic()
+    await expect_fatal(alice, "frame timeout", 1008)
+    assert 0.5 < time.monotonic() - started < 3.0
+    assert [m["content"] for m in await server.history("alice", room)] == ["slow"]
 
 
 @pytest.mark.parametrize("over", [0, 1])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import socket
 import struct
 
@@ -14,10 +16,12 @@ from tests.stomp_client import (
     CLOSE,
     CONTINUATION,
     PING,
+    PING_BATCH,
     PONG,
     TEXT,
     connect_bytes,
     frame,
+    send_body,
     ws_frame,
 )
 from tests.waiting import eventually
@@ -46,8 +50,35 @@ async def test_w4_huge_declared_length_closes_1009_before_buffering(server: Serv
     raw = await server.raw()
     await raw.send(ws_frame(b"", TEXT, declared_length=2**40))
     await raw.send(b"x" * 1000)  # trickled data that must never be buffered
-    assert await raw.close_code() == 1009
+    data, code = await raw.stomp_until_close()
+    assert code == 1009
+    assert data.startswith(b"ERROR\n") and b"\nmessage:frame too large\n" in data
     assert (await server.ws("alice")).ws.closed is False  # the worker is fine
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one message", "fragmented"])
+async def test_w3_frames_before_an_oversized_message_are_answered_before_its_error(
+    server: Server, split: bool
+) -> None:
+    """The refusal of a message over the limit comes after the answers to what came before it
+    in the same read, whether it is one frame or fragments adding up past the limit."""
+    raw = await server.raw()
+    limit = server.settings.max_frame_bytes
+    subscribe = frame("SUBSCRIBE", [("id", "1"), ("destination", "/user/queue/errors"),
+                                    ("receipt", "before")])
+    if split:
+        oversized = (ws_frame(b"\n" * (limit // 2), TEXT, fin=False)
+                     + ws_frame(b"\n" * (limit // 2 + 1), CONTINUATION))
+    else:
+        oversized = ws_frame(b"\n" * (limit + 1), TEXT)
+    await raw.send(ws_frame(connect_bytes(server.tokens.mint("alice")), TEXT)
+                   + ws_frame(subscribe, TEXT) + oversized)
+    data, code = await raw.stomp_until_close()
+    assert code == 1009
+    connected, receipt, error = data.split(b"\0")[:3]
+    assert connected.startswith(b"CONNECTED\n")
+    assert receipt.startswith(b"RECEIPT\nreceipt-id:before\n")
+    assert error.startswith(b"ERROR\n") and b"\nmessage:frame too large\n" in error
 
 
 @pytest.mark.parametrize(
@@ -56,7 +87,6 @@ async def test_w4_huge_declared_length_closes_1009_before_buffering(server: Serv
         (ws_frame(b"CONNECT\n\n\0", TEXT, rsv=4), 1002),  # W5: RSV1, compression is off
         (ws_frame(b"CONNECT\n\n\0", TEXT, rsv=1), 1002),  # W8: RSV3
         (ws_frame("\xff\xfe".encode("latin-1"), TEXT), 1007),  # W6: invalid UTF-8 text
-        (ws_frame(b"x", TEXT, masked=False), 1002),  # W8: unmasked client frame
         (ws_frame(b"x", 0x3), 1002),  # W8: reserved opcode
         (ws_frame(b"x", PING, fin=False), 1002),  # W8: fragmented control frame
         (ws_frame(b"x" * 126, PING), 1002),  # W8: control payload over 125 bytes
@@ -69,6 +99,41 @@ async def test_w5_w6_w8_bad_websocket_frames(server: Server, data: bytes, code: 
     await raw.send(data)
     assert await raw.close_code() == code
     assert (await server.ws("alice")).ws.closed is False
+
+
+async def test_w8_an_unmasked_frame_is_refused_by_the_websocket_layer(server: Server) -> None:
+    """RFC 6455 §5.1: a server MUST close on an unmasked client frame (1002), whatever is in it:
+    a valid CONNECT gets no CONNECTED, and no STOMP frame answers the close."""
+    raw = await server.raw()
+    await raw.send(ws_frame(connect_bytes(server.tokens.mint("alice")), TEXT, masked=False))
+    data, code = await raw.stomp_until_close()
+    assert (data, code) == (b"", 1002)
+
+
+async def test_w8_an_unmasked_ping_gets_no_pong(server: Server) -> None:
+    raw = await server.raw()
+    await raw.send(ws_frame(b"are you there", PING, masked=False))
+    assert await raw.close_code() == 1002
+
+
+async def test_w8_frames_before_an_unmasked_one_are_answered_and_it_is_never_read(
+    server: Server,
+) -> None:
+    room = await server.room("alice", "bob")
+    raw = await server.raw()
+    send = frame("SEND", [("destination", "/app/message"), ("content-type", "application/json"),
+                          ("receipt", "unmasked")], send_body(room, "never stored"))
+    await raw.send(ws_frame(connect_bytes(server.tokens.mint("alice")), TEXT)
+                   + ws_frame(frame("SUBSCRIBE", [("id", "1"), ("receipt", "masked"),
+                                                  ("destination", "/user/queue/errors")]), TEXT)
+                   + ws_frame(send, TEXT, masked=False))
+    data, code = await raw.stomp_until_close()
+    assert code == 1002
+    connected, receipt, rest = data.split(b"\0", 2)
+    assert connected.startswith(b"CONNECTED\n")
+    assert receipt.startswith(b"RECEIPT\nreceipt-id:masked\n")
+    assert rest == b""  # no RECEIPT for the SEND, no ERROR: the WebSocket layer closed
+    assert await server.history("alice", room) == []
 
 
 async def test_w7_binary_and_fragmented_messages_carry_stomp(server: Server) -> None:
@@ -98,6 +163,32 @@ async def test_w9_ping_flood_is_answered_and_the_connection_still_serves(
         assert received.payload.startswith(b"RECEIPT\n")
         break
     assert pongs == 2000
+
+
+@pytest.mark.parametrize("connect", [False, True], ids=["before CONNECT", "after CONNECT"])
+async def test_w17_pongs_a_client_never_reads_count_against_the_outgoing_bound(
+    make_server: ServerFactory, caplog: pytest.LogCaptureFixture, connect: bool
+) -> None:
+    """The pongs go into the same bound as frames (CHAT_OUTBOX_BYTES); past it the flooding
+    connection is closed as a slow consumer, whether or not it sent CONNECT."""
+    caplog.set_level(logging.INFO, logger="chat_server")
+    server = await make_server(outbox_bytes=64 * 1024, ws_ping_s=0)
+    sessions = server.services.connections.sessions
+    raw = await server.raw(rcvbuf=4096)
+    if connect:
+        await raw.send_text(connect_bytes(server.tokens.mint("alice")))
+        assert (await raw.receive()).payload.startswith(b"CONNECTED\n")
+    # Up to 100 000 pings (12.7 MB of pongs, far past what the socket buffers hold), never
+    # reading; the connection stays open on this side until the server ends it.
+    with contextlib.suppress(ConnectionError):
+        for _ in range(100):
+            if not sessions:
+                break
+            raw.writer.write(PING_BATCH)
+            await asyncio.wait_for(raw.writer.drain(), 5)
+    await eventually(lambda: not sessions, 10.0, "the flooding connection is closed")
+    assert any(record.getMessage() == "closing: slow consumer" for record in caplog.records)
+    assert (await server.ws("bob")).ws.closed is False  # the worker is fine
 
 
 @pytest.mark.parametrize("header", [b"X-Big: " + b"a" * 65536,

@@ -222,6 +222,26 @@ def test_silent_peer_deadline_is_twice_its_interval() -> None:
     assert conn.peer_deadline(connect_timeout_s=10, started=99.0) == 106.0
 
 
+def test_an_incomplete_frame_is_timed_from_when_the_server_first_waits_for_it() -> None:
+    """BAD_INPUTS F1: the clock of a frame left incomplete starts the first time it is asked
+    about (when the server is ready for more), keeps running while more of the same frame
+    arrives, starts anew for the next frame, and stops between frames."""
+    conn = connected()
+    assert conn.incomplete_frame_since(5.0) is None
+    conn.receive_data(b"SEND\ndestination:/d\n", now=6.0)
+    assert list(conn.events_received()) == []
+    assert conn.incomplete_frame_since(7.0) == 7.0
+    conn.receive_data(b"\nhal", now=8.0)  # more of the same frame: the same clock
+    assert list(conn.events_received()) == []
+    assert conn.incomplete_frame_since(9.0) == 7.0
+    conn.receive_data(b"f\0SEND\n", now=10.0)  # that frame done, the next one begun
+    assert [frame.body for frame in conn.events_received()] == [b"half"]
+    assert conn.incomplete_frame_since(11.0) == 11.0
+    conn.receive_data(b"destination:/d\n\n\0\n\n", now=12.0)  # complete, then heart-beats
+    assert len(list(conn.events_received())) == 1
+    assert conn.incomplete_frame_since(13.0) is None
+
+
 # --- subscriptions and acknowledgements ----------------------------------------------------------
 
 
