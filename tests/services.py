@@ -1087,6 +1087,9 @@ def _group_members(pgid: int) -> list[int]:
 _AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
 
 
+_DIST_PORT_ATTEMPTS = 3
+
+
 class RabbitServer(_BrokerProcess):
     """A private RabbitMQ node: its own node name, AMQP and distribution ports, epmd port, Mnesia
     and log dirs and config file, all under the temp dir (never the machine's own node, nor its
@@ -1167,7 +1170,17 @@ class RabbitServer(_BrokerProcess):
                 if self._epmd.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"epmd did not start:\n{_log_tail(self.dir / 'epmd.log')}")
                 time.sleep(POLL_INTERVAL_S)
-        super().start(timeout)
+        for attempt in range(_DIST_PORT_ATTEMPTS):
+            try:
+                super().start(timeout)
+                return
+            except RuntimeError as exc:
+                # The distribution port is picked from the ephemeral range, so a busy machine
+                # can hand it to some client socket between a kill and the restart. Only
+                # Erlang's own nodes use it: another free one does as well.
+                if "dist_port_already_used" not in str(exc) or attempt + 1 == _DIST_PORT_ATTEMPTS:
+                    raise
+                self.dist_port = free_port()
 
     def cleanup(self) -> None:
         """The node, then its epmd."""
