@@ -41,6 +41,9 @@ def to_message(row: Row[Any]) -> ChatMessage:
 
 
 def to_room(row: Row[Any], member_ids: Iterable[str]) -> Room:
+    """A `rooms` row; with the reader's columns (`last_read_seq`, `unread_count`) when the
+    query selected them for one member."""
+    fields = row._mapping
     return Room(
         id=RoomId(row.id),
         kind=RoomKind(row.kind),
@@ -49,6 +52,9 @@ def to_room(row: Row[Any], member_ids: Iterable[str]) -> Room:
         member_ids=tuple(sorted(UserId(member) for member in member_ids)),
         created_at_ms=row.created_at_ms,
         last_activity_ms=row.last_activity_ms,
+        last_seq=int(row.last_seq),
+        last_read_seq=int(fields.get("last_read_seq") or 0),
+        unread_count=int(fields.get("unread_count") or 0),
     )
 
 

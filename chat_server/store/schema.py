@@ -59,6 +59,8 @@ room_members = Table(
     Column("room_id", IdType, ForeignKey("rooms.id", ondelete="CASCADE"), nullable=False),
     Column("user_id", Text, nullable=False),
     Column("joined_at_ms", BigInteger, nullable=False),
+    # The member's read marker: the highest `seq` they have read (or sent); only moves forward.
+    Column("last_read_seq", BigInteger, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("room_id", "user_id"),
     Index(None, "user_id"),
 )

@@ -5,23 +5,31 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    ColumnElement,
+    Select,
     Text,
+    and_,
+    case,
     delete,
+    func,
     insert,
     literal,
     select,
+    update,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from chat_server.errors import RoomExists, RoomNotFound
+from chat_server.errors import InvalidSeq, NotAMember, RoomExists, RoomNotFound
 from chat_server.models import (
     ChatMessage,
     NewMessage,
     PostResult,
+    ReadMarker,
     Room,
     RoomId,
     RoomKind,
@@ -42,6 +50,35 @@ from chat_server.store.schema import db_now_ms, messages, room_members, rooms
 
 def _room_not_found(room_id: RoomId) -> RoomNotFound:
     return RoomNotFound("room not found", {"roomId": room_id})
+
+
+def _unread_count(reader: UserId) -> ColumnElement[int]:
+    """Messages from others above the reader's marker, for the room of the enclosing row
+    (correlated: `rooms` and `room_members` come from the outer query). A room read to its end
+    costs no count at all; the others walk the (room_id, seq) index from the marker on."""
+    others_after = (
+        select(func.count())
+        .select_from(messages)
+        .where(
+            messages.c.room_id == rooms.c.id,
+            messages.c.seq > room_members.c.last_read_seq,
+            messages.c.sender_id != reader,
+        )
+        .scalar_subquery()
+    )
+    return case(
+        (room_members.c.last_read_seq >= rooms.c.last_seq, literal(0, BigInteger)),
+        else_=others_after,
+    ).label("unread_count")
+
+
+def _rooms_read_by(reader: UserId) -> Select[Any]:
+    """The reader's rooms with their marker and unread count: one statement for any number."""
+    return select(rooms, room_members.c.last_read_seq, _unread_count(reader)).join_from(
+        rooms,
+        room_members,
+        and_(room_members.c.room_id == rooms.c.id, room_members.c.user_id == reader),
+    )
 
 
 class SqlStore:
@@ -71,8 +108,11 @@ class SqlStore:
 
     # --- rooms -------------------------------------------------------------------------------
 
-    async def _load_room(self, conn: AsyncConnection, room_id: RoomId) -> Room | None:
-        row = (await conn.execute(select(rooms).where(rooms.c.id == room_id))).one_or_none()
+    async def _load_room(
+        self, conn: AsyncConnection, room_id: RoomId, reader: UserId | None = None
+    ) -> Room | None:
+        query = select(rooms) if reader is None else _rooms_read_by(reader)
+        row = (await conn.execute(query.where(rooms.c.id == room_id))).one_or_none()
         if row is None:
             return None
         members = await conn.scalars(
@@ -169,10 +209,10 @@ class SqlStore:
                     key=None,
                 )
 
-    async def get_room(self, room_id: RoomId) -> Room | None:
+    async def get_room(self, room_id: RoomId, reader: UserId | None = None) -> Room | None:
         with unavailable_on_failure():
             async with self._reading() as conn:
-                return await self._load_room(conn, room_id)
+                return await self._load_room(conn, room_id, reader)
 
     async def rooms_of(self, user: UserId) -> list[Room]:
         mine = select(room_members.c.room_id).where(room_members.c.user_id == user)
@@ -180,9 +220,9 @@ class SqlStore:
             async with self._reading() as conn:
                 room_rows = (
                     await conn.execute(
-                        select(rooms)
-                        .where(rooms.c.id.in_(mine))
-                        .order_by(rooms.c.last_activity_ms.desc(), rooms.c.id.desc())
+                        _rooms_read_by(user).order_by(
+                            rooms.c.last_activity_ms.desc(), rooms.c.id.desc()
+                        )
                     )
                 ).all()
                 member_rows = (
@@ -212,7 +252,9 @@ class SqlStore:
             async with self._reading() as conn:
                 return await self._has_member(conn, room_id, user)
 
-    async def add_member(self, room_id: RoomId, user: UserId) -> Room:
+    async def add_member(
+        self, room_id: RoomId, user: UserId, reader: UserId | None = None
+    ) -> Room:
         values = {"room_id": room_id, "user_id": user, "joined_at_ms": db_now_ms()}
         add = self._backend.insert_if_absent(room_members, values)  # twice is a no-op
         with unavailable_on_failure():
@@ -220,7 +262,7 @@ class SqlStore:
                 if await conn.scalar(select(rooms.c.id).where(rooms.c.id == room_id)) is None:
                     raise _room_not_found(room_id)
                 await conn.execute(add)
-                room = await self._load_room(conn, room_id)
+                room = await self._load_room(conn, room_id, reader)
         if room is None:  # pragma: no cover - the row was read in this very transaction
             raise _room_not_found(room_id)
         return room
@@ -234,6 +276,49 @@ class SqlStore:
                     )
                 )
         return result.rowcount > 0
+
+    # --- read markers ------------------------------------------------------------------------
+
+    async def mark_read(self, room_id: RoomId, user: UserId, seq: int) -> ReadMarker:
+        member = (
+            select(room_members.c.last_read_seq, rooms.c.last_seq)
+            .join_from(room_members, rooms, rooms.c.id == room_members.c.room_id)
+            .where(room_members.c.room_id == room_id, room_members.c.user_id == user)
+        )
+        mine = and_(room_members.c.room_id == room_id, room_members.c.user_id == user)
+        with unavailable_on_failure():
+            async with self._backend.writing() as conn:
+                row = (await conn.execute(member)).one_or_none()
+                if row is None:
+                    raise NotAMember("not a member of this room", {"roomId": room_id})
+                if seq > row.last_seq:
+                    raise InvalidSeq(
+                        "seq is past the room's last message",
+                        {"seq": seq, "lastSeq": int(row.last_seq)},
+                    )
+                if seq <= row.last_read_seq:
+                    return ReadMarker(room_id, user, int(row.last_read_seq), moved=False)
+                # Forward only, decided by the row as it is at the UPDATE (another device's
+                # read may have committed since the SELECT on PostgreSQL).
+                moved = await conn.execute(
+                    update(room_members)
+                    .where(mine, room_members.c.last_read_seq < seq)
+                    .values(last_read_seq=seq)
+                )
+                if moved.rowcount:
+                    return ReadMarker(room_id, user, seq)
+                current = await conn.scalar(select(room_members.c.last_read_seq).where(mine))
+        return ReadMarker(room_id, user, int(current or seq), moved=False)
+
+    async def reads(self, room_id: RoomId) -> dict[UserId, int]:
+        with unavailable_on_failure():
+            async with self._reading() as conn:
+                rows = await conn.execute(
+                    select(room_members.c.user_id, room_members.c.last_read_seq).where(
+                        room_members.c.room_id == room_id
+                    )
+                )
+                return {UserId(row.user_id): int(row.last_read_seq) for row in rows}
 
     # --- messages ----------------------------------------------------------------------------
 

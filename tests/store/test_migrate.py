@@ -50,7 +50,7 @@ def _unique_and_indexes(connection: Connection) -> dict[str, set[tuple[str, ...]
 
 
 async def test_migrated_database_is_at_head(database_url: str) -> None:
-    assert head_revision() == "0001"
+    assert head_revision() == "0002"
     assert await _inspect(database_url, current_revision) == head_revision()
 
 
