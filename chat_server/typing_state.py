@@ -104,31 +104,35 @@ class Typists:
 
     def __init__(self, ttl_s: float) -> None:
         self.ttl_s = ttl_s
-        self._until: dict[Key, float] = {}
-        self._expiries: list[tuple[float, Key]] = []
+        self._until: dict[RoomId, dict[UserId, float]] = {}
+        self._expiries: list[tuple[float, RoomId, UserId]] = []
 
     def started(self, room_id: RoomId, user: UserId, now: float) -> bool:
         """A `true`: True if the user was not typing (subscribers are told), False for a
         refresh (the timeout restarts, nobody is told)."""
-        key = (room_id, user)
-        fresh = key not in self._until
-        until = now + self.ttl_s
-        self._until[key] = until
-        heapq.heappush(self._expiries, (until, key))
+        typists = self._until.setdefault(room_id, {})
+        fresh = user not in typists
+        until = typists[user] = now + self.ttl_s
+        heapq.heappush(self._expiries, (until, room_id, user))
         return fresh
 
     def stopped(self, room_id: RoomId, user: UserId) -> bool:
         """A `false` (sent, or made by the server): True if the user was typing."""
-        return self._until.pop((room_id, user), None) is not None
+        typists = self._until.get(room_id)
+        if typists is None or typists.pop(user, None) is None:
+            return False
+        if not typists:
+            del self._until[room_id]
+        return True
 
     def expire(self, now: float) -> list[Key]:
         """Users whose TTL passed without a refresh; they are no longer typing."""
         gone: list[Key] = []
         while self._expiries and self._expiries[0][0] <= now:
-            until, key = heapq.heappop(self._expiries)
-            if self._until.get(key) == until:
-                del self._until[key]
-                gone.append(key)
+            until, room_id, user = heapq.heappop(self._expiries)
+            if self._until.get(room_id, {}).get(user) == until:
+                self.stopped(room_id, user)
+                gone.append((room_id, user))
         return gone
 
     def next_expiry(self) -> float | None:
@@ -136,11 +140,11 @@ class Typists:
         return self._expiries[0][0] if self._expiries else None
 
     def typing(self, room_id: RoomId) -> list[UserId]:
-        return sorted(user for room, user in self._until if room == room_id)
+        return sorted(self._until.get(room_id, ()))
 
     def is_typing(self, room_id: RoomId, user: UserId) -> bool:
-        return (room_id, user) in self._until
+        typists = self._until.get(room_id)
+        return typists is not None and user in typists
 
     def forget_room(self, room_id: RoomId) -> None:
-        for key in [key for key in self._until if key[0] == room_id]:
-            del self._until[key]
+        self._until.pop(room_id, None)
