@@ -24,11 +24,11 @@ class Offer(Enum):
     """What became of a typing SEND."""
 
     #: Published now.
-    RELAY = "relay"
+    RELAY = "relayed"
     #: Inside the interval, and a change: published when the interval ends (if still wanted).
-    DEFER = "defer"
+    DEFER = "deferred"
     #: Inside the interval, and what was published last: nothing to publish.
-    ABSORB = "absorb"
+    ABSORB = "absorbed"
 
 
 @dataclass(slots=True)

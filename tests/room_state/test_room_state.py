@@ -308,7 +308,7 @@ async def test_a_typing_flood_is_absorbed_into_one_event(
     await asyncio.sleep(0.1)
     assert len(there.of("typing")) == 1
     assert len(one.broker.sent("typing")) == 1
-    assert one.metrics.value("chat_typing_events_total", {"outcome": "absorb"}) == 199
+    assert one.metrics.value("chat_typing_events_total", {"outcome": "absorbed"}) == 199
 
 
 async def test_a_stored_message_and_a_leave_end_typing(
