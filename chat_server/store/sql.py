@@ -13,7 +13,6 @@ from sqlalchemy import (
     Select,
     Text,
     and_,
-    case,
     delete,
     func,
     insert,
@@ -52,29 +51,16 @@ def _room_not_found(room_id: RoomId) -> RoomNotFound:
     return RoomNotFound("room not found", {"roomId": room_id})
 
 
-def _unread_count(reader: UserId) -> ColumnElement[int]:
-    """Messages from others above the reader's marker, for the room of the enclosing row
-    (correlated: `rooms` and `room_members` come from the outer query). A room read to its end
-    costs no count at all; the others walk the (room_id, seq) index from the marker on."""
-    others_after = (
-        select(func.count())
-        .select_from(messages)
-        .where(
-            messages.c.room_id == rooms.c.id,
-            messages.c.seq > room_members.c.last_read_seq,
-            messages.c.sender_id != reader,
-        )
-        .scalar_subquery()
-    )
-    return case(
-        (room_members.c.last_read_seq >= rooms.c.last_seq, literal(0, BigInteger)),
-        else_=others_after,
-    ).label("unread_count")
+def _unread_count() -> ColumnElement[int]:
+    """Messages from others above the reader's marker, for the row's room: what lies above a
+    marker is never the reader's own (schema.py, `room_members.last_read_seq`) and `seq` has no
+    holes, so it is a subtraction, whatever the number of rooms or messages."""
+    return (rooms.c.last_seq - room_members.c.last_read_seq).label("unread_count")
 
 
 def _rooms_read_by(reader: UserId) -> Select[Any]:
     """The reader's rooms with their marker and unread count: one statement for any number."""
-    return select(rooms, room_members.c.last_read_seq, _unread_count(reader)).join_from(
+    return select(rooms, room_members.c.last_read_seq, _unread_count()).join_from(
         rooms,
         room_members,
         and_(room_members.c.room_id == rooms.c.id, room_members.c.user_id == reader),
@@ -255,7 +241,16 @@ class SqlStore:
     async def add_member(
         self, room_id: RoomId, user: UserId, reader: UserId | None = None
     ) -> Room:
-        values = {"room_id": room_id, "user_id": user, "joined_at_ms": db_now_ms()}
+        # A member added back has read what they wrote before (room_members.last_read_seq).
+        own_last = (
+            select(func.coalesce(func.max(messages.c.seq), 0))
+            .where(messages.c.room_id == room_id, messages.c.sender_id == user)
+            .scalar_subquery()
+        )
+        values = {
+            "room_id": room_id, "user_id": user, "joined_at_ms": db_now_ms(),
+            "last_read_seq": own_last,
+        }
         add = self._backend.insert_if_absent(room_members, values)  # twice is a no-op
         with unavailable_on_failure():
             async with self._backend.writing() as conn:

@@ -4,6 +4,8 @@ sender's own messages in the same transaction, counted for a room list in one st
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from contextlib import closing
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ from sqlalchemy import event
 from chat_server.errors import InvalidSeq, NotAMember
 from chat_server.models import NewMessage, ReadMarker, Room, RoomId, UserId
 from chat_server.store.sql import SqlStore
+from chat_server.store.urls import sqlite_path
 from tests.store.conftest import StoreOpener
 
 ALICE, BOB, CAROL, DAVE = UserId("alice"), UserId("bob"), UserId("carol"), UserId("dave")
@@ -107,17 +110,31 @@ async def test_unread_counts_messages_from_others_above_the_marker(
     assert await store.get_room(room.id, reader=DAVE) is None
 
 
-async def test_own_messages_above_the_marker_are_not_unread(
-    store: SqlStore, room: Room, database_url: str
-) -> None:
-    """Messages stored before markers existed (the migration starts everyone at 0) count only
-    when someone else wrote them."""
+async def test_a_member_added_back_has_read_what_they_wrote(store: SqlStore, room: Room) -> None:
+    await say(store, room, BOB, 2)
+    await store.remove_member(room.id, BOB)
     await say(store, room, ALICE, 2)
-    await say(store, room, BOB, 1)
-    async with store.engine.begin() as conn:
-        await conn.exec_driver_sql("UPDATE room_members SET last_read_seq = 0")
+    await store.add_member(room.id, BOB)
     bob = (await store.rooms_of(BOB))[0]
-    assert (bob.last_read_seq, bob.unread_count) == (0, 2)
+    assert (bob.last_seq, bob.last_read_seq, bob.unread_count) == (4, 2, 2)
+    await store.add_member(room.id, DAVE)  # never wrote here: has read nothing
+    assert (await store.reads(room.id))[DAVE] == 0
+
+
+async def test_unread_counts_agree_with_counting_the_messages(store: SqlStore, room: Room) -> None:
+    """The count is a subtraction (schema.py): check it against counting, after a mix."""
+    script = [ALICE, BOB, BOB, CAROL, ALICE, CAROL, CAROL, BOB, ALICE, ALICE, CAROL]
+    for step, sender in enumerate(script, start=1):
+        await say(store, room, sender)
+        if step % 4 == 0:
+            await store.mark_read(room.id, CAROL, step - 1)
+        if step == 6:
+            await store.mark_read(room.id, ALICE, 3)
+    stored = await store.messages(room.id, after=0, limit=100)
+    for user in (ALICE, BOB, CAROL):
+        mine = (await store.rooms_of(user))[0]
+        counted = sum(1 for m in stored if m.seq > mine.last_read_seq and m.sender_id != user)
+        assert mine.unread_count == counted, user
 
 
 async def test_room_list_is_one_statement_for_any_number_of_rooms(store: SqlStore) -> None:
@@ -155,3 +172,28 @@ async def test_two_devices_reading_at_once_leave_the_highest_marker(
     assert all(result.seq >= asked for result, asked in
                zip(results, marks[0::2] + list(reversed(marks[1::2])), strict=True))
     assert sum(result.moved for result in results) >= 1
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_sqlite_room_list_reads_members_by_user_and_no_message(
+    store: SqlStore, room: Room, database_url: str
+) -> None:
+    path = sqlite_path(database_url)
+    assert path is not None
+    captured: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if "unread_count" in statement:
+            captured.append((statement, parameters))
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        await store.rooms_of(BOB)
+    finally:
+        event.remove(store.engine.sync_engine, "before_cursor_execute", capture)
+    [(statement, parameters)] = captured
+    with closing(sqlite3.connect(path)) as conn:
+        plan = " ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {statement}",
+                                                       parameters))
+    assert "USING INDEX ix_room_members_user_id" in plan, plan
+    assert "messages" not in plan, plan  # counting unread messages reads none of them
