@@ -104,7 +104,7 @@ class SqlStore:
         members = await conn.scalars(
             select(room_members.c.user_id).where(room_members.c.room_id == room_id)
         )
-        return to_room(row, members.all())
+        return to_room(row, members.all(), for_reader=reader is not None)
 
     async def _insert_room(
         self,
@@ -221,7 +221,7 @@ class SqlStore:
         members: dict[int, list[str]] = {}
         for member in member_rows:
             members.setdefault(member.room_id, []).append(member.user_id)
-        return [to_room(row, members.get(row.id, ())) for row in room_rows]
+        return [to_room(row, members.get(row.id, ()), for_reader=True) for row in room_rows]
 
     # --- membership --------------------------------------------------------------------------
 
