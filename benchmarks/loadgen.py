@@ -9,6 +9,10 @@ Publishers send for `duration_s`, each with at most `window` SENDs not yet recei
 subscribers measure latency from it (one clock: everything runs on this machine) and count what
 is duplicated, out of order and, at the end, lost.
 
+With `typing_fraction`, that share of the subscribers (chat_server only) also send
+`SEND /app/typing` every second while the load runs, and every subscriber of their rooms watches
+the room's events too (counted, not timed).
+
 Protocol with the parent (`benchmarks.run`): stdout lines `@@READY {json}`, `@@LOADEND` and
 `@@RESULT {json}`; stdin `GO`. `python -m benchmarks.loadgen PLAN.json --no-wait` runs a plan
 alone (against servers and rooms that already exist).
@@ -54,6 +58,8 @@ class Plan:
     window: int
     duration_s: float
     slow_fraction: float = 0.0
+    #: Share of the subscribers that send a typing signal every second (chat_server only).
+    typing_fraction: float = 0.0
     payload_bytes: int = 64
     jwt_secret: str | None = None
     connect_concurrency: int = 100
@@ -93,6 +99,14 @@ def is_slow(global_index: int, slow_fraction: float) -> bool:
         return False
     step = max(1, round(1 / slow_fraction))
     return global_index % step == step - 1
+
+
+def is_typist(global_index: int, typing_fraction: float) -> bool:
+    """Every n-th subscriber types (n = 1 / typing_fraction), never the same ones as the slow."""
+    if typing_fraction <= 0:
+        return False
+    step = max(1, round(1 / typing_fraction))
+    return global_index % step == 0
 
 
 # --- measurements --------------------------------------------------------------------------------
@@ -178,6 +192,9 @@ class ShardResult:
     go_ns: int = 0
     load_end_ns: int = 0
     last_delivery_ns: int = 0
+    #: Typing SENDs sent, and room events (snapshots, presence, typing) received.
+    typing_sent: int = 0
+    events: int = 0
     cpu_s: float = 0.0
     wall_s: float = 0.0
     hist: dict[str, Any] = field(default_factory=dict)
@@ -213,6 +230,19 @@ def room_destination(plan: Plan, room_id: int) -> str:
 def subscribe_frame(plan: Plan, room_id: int) -> str:
     destination = room_destination(plan, room_id)
     return f"SUBSCRIBE\nid:0\ndestination:{destination}\nack:auto\nreceipt:sub\n\n\0"
+
+
+def events_subscribe_frame(room_id: int) -> str:
+    return (f"SUBSCRIBE\nid:1\ndestination:/queue/chat-rooms/{room_id}/events\nack:auto\n"
+            "receipt:events\n\n\0")
+
+
+def typing_frame(room_id: int) -> str:
+    body = f'{{"chatRoomId":{room_id},"typing":true}}'
+    return (
+        "SEND\ndestination:/app/typing\ncontent-type:application/json\n"
+        f"content-length:{len(body)}\n\n{body}\0"
+    )
 
 
 def send_frame(plan: Plan, room_id: int, content: str, receipt: int, cmid: str) -> str:
@@ -275,15 +305,22 @@ class Subscriber:
     """One subscription: counts per publisher what arrives, in order or not, once or twice."""
 
     __slots__ = (
-        "buffer", "closed", "dup", "error_text", "errors", "hist", "index", "last",
-        "last_ns", "missing", "ooo", "received", "room_index", "slow", "task", "unique", "ws",
+        "buffer", "closed", "dup", "error_text", "errors", "events", "hist", "index", "last",
+        "last_ns", "missing", "ooo", "received", "room_index", "slow", "task", "typed",
+        "typist", "unique", "watches", "ws",
     )
 
-    def __init__(self, index: int, room_index: int, slow: bool, hist: Histogram) -> None:
+    def __init__(self, index: int, room_index: int, slow: bool, hist: Histogram, *,
+                 typist: bool = False, watches: bool = False) -> None:
         self.index = index
         self.room_index = room_index
         self.slow = slow
         self.hist = hist
+        #: Sends a typing signal every second; watches: also subscribed to the room's events.
+        self.typist = typist
+        self.watches = watches
+        self.typed = 0
+        self.events = 0
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.task: asyncio.Task[None] | None = None
         self.buffer = ""
@@ -323,6 +360,7 @@ class Subscriber:
     def on_message(self, frame: str, now: int) -> None:
         at = frame.find(MARKER)
         if at < 0:
+            self.events += 1  # a room event (no chat message carries none)
             return
         pub_s, n_s, sent_s, _ = frame[at + 6 : at + 70].split("|", 3)
         pub, n = int(pub_s), int(n_s)
@@ -465,6 +503,12 @@ class LoadGen:
                 sub.ws = ws
                 await ws.send_str(subscribe_frame(plan, plan.room_ids[sub.room_index]))
                 await expect(ws, "RECEIPT", pending, buffer)
+                if sub.watches:
+                    await ws.send_str(events_subscribe_frame(plan.room_ids[sub.room_index]))
+                    while (frame := await next_frame(ws, pending, buffer)).startswith("MESSAGE"):
+                        sub.events += 1  # the snapshot
+                    if not frame.startswith("RECEIPT\n"):
+                        raise Closed(f"expected RECEIPT, got {frame[:300]!r}")
             except (Closed, aiohttp.ClientError, OSError, TimeoutError) as exc:
                 self.result.setup_failures += 1
                 if len(self.result.setup_errors) < 5:
@@ -492,14 +536,20 @@ class LoadGen:
     def _build(self) -> None:
         plan = self.plan
         rooms = len(plan.room_ids)
+        typing = plan.typing_fraction if plan.target == "chat" else 0.0
         for room_index in range(rooms):
-            for k in range(plan.subs_per_room):
-                index = room_index * plan.subs_per_room + k
+            first = room_index * plan.subs_per_room
+            indexes = range(first, first + plan.subs_per_room)
+            typed_in = any(is_typist(index, typing) for index in indexes)
+            for index in indexes:
                 if index % plan.shards != plan.shard:
                     continue
                 slow = is_slow(index, plan.slow_fraction)
                 hist = self.hist if not slow else Histogram()
-                self.subscribers.append(Subscriber(index, room_index, slow, hist))
+                self.subscribers.append(Subscriber(
+                    index, room_index, slow, hist, typist=is_typist(index, typing),
+                    watches=typed_in,
+                ))
         for p in range(plan.publishers):
             if p % plan.shards == plan.shard:
                 rooms_of_p = publisher_rooms(p, rooms, plan.publishers)
@@ -534,15 +584,33 @@ class LoadGen:
                 sub.task.cancel()  # stop reading: the socket's buffers fill up, then the server's
         interval = plan.publishers / plan.rate if plan.rate > 0 else 0.0
         deadline = loop.time() + plan.duration_s
+        typists = [self._type(sub, deadline) for sub in self.subscribers
+                   if sub.typist and sub.ws is not None]
         runs = [pub.run(deadline, interval) for pub in self.publishers if pub.ws is not None]
-        if runs:
-            await asyncio.gather(*runs)
+        if runs or typists:
+            await asyncio.gather(*runs, *typists)
         else:
             await asyncio.sleep(plan.duration_s)
         await self._drain(loop.time() + plan.drain_s)
         self.result.load_end_ns = time.time_ns()
         self.result.cpu_s = time.process_time() - cpu0
         self.result.wall_s = time.monotonic() - wall0
+
+    async def _type(self, sub: Subscriber, deadline: float) -> None:
+        """A typing signal every second (from a random phase) until `deadline` (loop time)."""
+        ws = sub.ws
+        assert ws is not None
+        loop = asyncio.get_running_loop()
+        frame = typing_frame(self.plan.room_ids[sub.room_index])
+        next_at = loop.time() + random.random()
+        while next_at < deadline and not sub.closed:
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            next_at += 1.0
+            try:
+                await ws.send_str(frame)
+            except (ConnectionError, RuntimeError):
+                return
+            sub.typed += 1
 
     def _expected_here(self) -> int | None:
         """Deliveries this shard's fast subscribers should get, if its publishers are all here."""
@@ -591,6 +659,8 @@ class LoadGen:
         result = self.result
         if sub.error_text and len(result.error_samples) < 5:
             result.error_samples.append(sub.error_text)
+        result.typing_sent += sub.typed
+        result.events += sub.events
         if sub.slow:
             return
         key = str(sub.room_index)

@@ -37,14 +37,14 @@ def merge_shards(shards: list[dict[str, Any]]) -> dict[str, float]:
     sums: Counter[str] = Counter()
     summed = ("subscribers", "publishers", "slow_subscribers", "setup_failures", "sent",
               "receipted", "unreceipted", "received", "duplicated", "out_of_order", "errors",
-              "closed_early", "slow_cut", "cpu_s", "connect_rate")
+              "closed_early", "slow_cut", "cpu_s", "connect_rate", "typing_sent", "events")
     for shard in shards:
         hist.merge(Histogram.from_json(shard["hist"]))
         room_sent.update(shard["room_sent"])
         room_subs.update(shard["room_subs"])
         room_unique.update(shard["room_unique"])
         for key in summed:
-            sums[key] += shard[key]
+            sums[key] += shard.get(key, 0)
     lost = sum(
         max(0, room_subs[room] * room_sent[room] - room_unique[room]) for room in room_subs
     )
@@ -114,6 +114,9 @@ def table(rows: list[Row]) -> str:
         notes = []
         if row.get("slow_subscribers") > 0:
             notes.append(f"slow {row.get('slow_subscribers'):.0f}, cut {row.get('slow_cut'):.0f}")
+        if row.get("typing_sent") > 0:
+            notes.append(f"typing SENDs {row.get('typing_sent'):.0f}, "
+                         f"room events {row.get('events'):.0f}")
         for key in ("errors", "setup_failures", "unreceipted"):
             if row.get(key) > 0:
                 notes.append(f"{key} {row.get(key):.0f}")

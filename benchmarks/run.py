@@ -1,6 +1,6 @@
 """One command for every scenario, chat_server and RabbitMQ Web-STOMP side by side.
 
-    python -m benchmarks.run [--quick] [--scenarios a,b,c,d] [--repeat 3] [--profile]
+    python -m benchmarks.run [--quick] [--scenarios a,b,c,d,e] [--repeat 3] [--profile]
 
 Scenarios (the issue's):
   a  fan-out: 1 room, 500 subscribers, 1 publisher as fast as a window of 10 unreceipted SENDs
@@ -10,6 +10,9 @@ Scenarios (the issue's):
      rate at which p99 stays under 50 ms (a few steps up)
   c  idle: 5 000 connections, each subscribed to its own room, held 30 s
   d  slow consumers: b, while every tenth subscriber stops reading
+  e  typing: b (2 workers behind Redis), while every tenth subscriber sends SEND /app/typing every
+     second and the subscribers of their rooms watch the rooms' events (chat_server only; not in
+     the default list: `--scenarios e`)
 
 Every run starts its own servers on free ports (chat_server on a fresh copy of a seeded SQLite
 database; a private RabbitMQ node) and its own load generator processes, everything on loopback.
@@ -75,6 +78,7 @@ class Scenario:
     window: int
     duration_s: float
     slow_fraction: float = 0.0
+    typing_fraction: float = 0.0
     idle: bool = False
     quiet_s: float = 1.0
 
@@ -85,12 +89,16 @@ FULL = {
     "c": Scenario("c", Layout(5000, 1, 0), rate=0, window=1, duration_s=30, idle=True),
     "d": Scenario("d", Layout(1000, 2, 50), rate=2000, window=10, duration_s=20,
                   slow_fraction=0.1),
+    "e": Scenario("e", Layout(1000, 2, 50), rate=2000, window=10, duration_s=20,
+                  typing_fraction=0.1),
 }
 QUICK = {
     "a": Scenario("a", Layout(1, 20, 1), rate=0, window=10, duration_s=2, quiet_s=0.5),
     "b": Scenario("b", Layout(20, 2, 5), rate=200, window=10, duration_s=2, quiet_s=0.5),
     "c": Scenario("c", Layout(200, 1, 0), rate=0, window=1, duration_s=1, idle=True),
     "d": Scenario("d", Layout(20, 2, 5), rate=200, window=10, duration_s=2, slow_fraction=0.1,
+                  quiet_s=0.5),
+    "e": Scenario("e", Layout(20, 2, 5), rate=200, window=10, duration_s=3, typing_fraction=0.1,
                   quiet_s=0.5),
 }
 
@@ -196,7 +204,8 @@ def _plans(target: Target, scenario: Scenario, servers: Servers, secret: str,
         target=target.kind, urls=servers.urls, room_ids=target.room_ids(layout),
         subs_per_room=layout.subs_per_room, publishers=layout.publishers, rate=scenario.rate,
         window=scenario.window, duration_s=scenario.duration_s,
-        slow_fraction=scenario.slow_fraction, jwt_secret=secret if target.kind == "chat" else None,
+        slow_fraction=scenario.slow_fraction, typing_fraction=scenario.typing_fraction,
+        jwt_secret=secret if target.kind == "chat" else None,
         quiet_s=scenario.quiet_s, shards=shards,
     )
     return [replace(base, shard=index) for index in range(shards)]
@@ -399,7 +408,7 @@ def _targets(args: argparse.Namespace, root: Path, secret: str) -> tuple[dict[st
             print("RabbitMQ with rabbitmq_web_stomp is not installed: chat_server only",
                   file=sys.stderr)
     chats: dict[str, list[Target]] = {"a": [chat1], "b": [chat2, chat1], "c": [chat1],
-                                      "d": [chat2]}
+                                      "d": [chat2], "e": [chat2]}
     if args.quick:
         chats["b"] = [chat2]
     if per_engine:  # the fan-out and many-rooms scenarios, two workers on each engine
@@ -407,7 +416,8 @@ def _targets(args: argparse.Namespace, root: Path, secret: str) -> tuple[dict[st
         chats["b"] = list(per_engine)
     if "chat" not in wanted:
         chats = {key: [] for key in chats}
-    targets = {key: [*value, *rabbit] for key, value in chats.items()}
+    # RabbitMQ has no typing: scenario e is chat_server's alone.
+    targets = {key: [*value, *rabbit] if key != "e" else value for key, value in chats.items()}
     labels = {"a": chat1.label, "c": chat1.label, "d": chat2.label}
     return targets, labels
 
@@ -417,7 +427,7 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="a few seconds, chat_server only, small numbers (the CI smoke run)")
-    parser.add_argument("--scenarios", default="a,b,c,d", help="comma list of a, b, c, d")
+    parser.add_argument("--scenarios", default="a,b,c,d", help="comma list of a, b, c, d, e")
     parser.add_argument("--repeat", type=int, default=None, help="runs per figure (3; quick: 1)")
     parser.add_argument("--targets", default="chat,rabbit", help="chat, rabbit or both")
     parser.add_argument("--broker", default=None,

@@ -16,6 +16,7 @@ from chat_server.models import (
     MessageDraft,
     NewMessage,
     PostResult,
+    ReadMarker,
     Room,
     RoomId,
     RoomKind,
@@ -24,8 +25,10 @@ from chat_server.models import (
     UserHeaders,
     UserId,
     encode_envelope,
+    encode_read_event,
     encode_user_event,
 )
+from chat_server.room_state import RoomState
 from chat_server.store.base import MessageStore
 
 log = logging.getLogger(__name__)
@@ -68,11 +71,13 @@ class ChatService:
         broker: Broker,
         metrics: Metrics,
         deliver_locally: LocalDelivery,
+        room_state: RoomState,
     ) -> None:
         self._store = store
         self._broker = broker
         self._metrics = metrics
         self._deliver_locally = deliver_locally
+        self.room_state = room_state
 
     # --- messages -----------------------------------------------------------------------------
 
@@ -103,6 +108,7 @@ class ChatService:
         the broker (whose echo the fan-out then drops by its `seq`)."""
         self._metrics.messages_stored.inc()
         self._deliver_locally(message)
+        self.room_state.message_stored(message.room_id, message.sender_id)
 
     async def publish_message(self, message: ChatMessage) -> None:
         await self._publish(room_topic(message.room_id), encode_envelope(message))
@@ -120,6 +126,28 @@ class ChatService:
         refused exactly like someone else's (its existence never leaks). Every check here, in
         `room` and in the store's appends asks the same thing: is there a member row?"""
         return await self._store.is_member(room_id, user)
+
+    # --- room state: read markers, presence -------------------------------------------------
+
+    async def mark_read(self, user: UserId, room_id: RoomId, seq: int) -> ReadMarker:
+        """Move the user's read marker forward (stored, then announced): the room's events
+        subscribers on every worker and the user's own connections hear of it."""
+        marker = await self._store.mark_read(room_id, user, seq)
+        self._metrics.read_marker_writes.labels("moved" if marker.moved else "unchanged").inc()
+        if marker.moved:
+            self.room_state.read_moved(marker)
+            await self._publish(user_topic(user), encode_read_event(marker))
+        return marker
+
+    async def reads(self, user: UserId, room_id: RoomId) -> dict[UserId, int]:
+        reads = await self._store.reads(room_id)
+        if user not in reads:  # every member has a marker: the membership rule in one query
+            raise _not_yours(room_id)
+        return reads
+
+    async def online(self, user: UserId, room_id: RoomId) -> list[UserId]:
+        await self._require_member(user, room_id)
+        return await self.room_state.online_in(room_id)
 
     # --- rooms --------------------------------------------------------------------------------
 
@@ -143,7 +171,8 @@ class ChatService:
         return await self._store.rooms_of(user)
 
     async def room(self, user: UserId, room_id: RoomId) -> Room:
-        room = await self._store.get_room(room_id)
+        """The room as `user` sees it (their marker and unread count)."""
+        room = await self._store.get_room(room_id, reader=user)
         # The membership rule on the room just read (one query, not two).
         if room is None or user not in room.member_ids:
             raise _not_yours(room_id)
@@ -153,8 +182,10 @@ class ChatService:
         room = await self._group_room_of(actor, room_id)
         if new_member in room.member_ids:
             return room
-        room = await self._store.add_member(room_id, new_member)
-        await self._notify(new_member, UserEventKind.ROOM_ADDED, room)
+        room = await self._store.add_member(room_id, new_member, reader=actor)
+        # The added member's notification shows the room as they see it (all of it unread).
+        theirs = await self._store.get_room(room_id, reader=new_member)
+        await self._notify(new_member, UserEventKind.ROOM_ADDED, theirs or room)
         return room
 
     async def remove_member(self, actor: UserId, room_id: RoomId, member: UserId) -> None:

@@ -77,6 +77,14 @@ class Settings:
     # and how often every watched room is compared with the database (lost publishes).
     gap_wait_s: float = 0.2
     reconcile_interval_s: float = 5.0
+    # Room state (presence, typing): a worker that dies has its users leave within the TTL;
+    # typing ends after its TTL without a refresh; one typing signal per user, room and
+    # interval is relayed; the first events snapshot of a room waits at most `ask_timeout` for
+    # the other workers' answers.
+    presence_ttl_s: float = 15.0
+    typing_ttl_s: float = 5.0
+    typing_interval_s: float = 1.0
+    presence_ask_timeout_s: float = 0.5
     redis_prefix: str = "chat:"
     redis_ping_interval_s: float = 2.0
     redis_timeout_s: float = 2.0
@@ -95,6 +103,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         parse_networks(self.trusted_proxies)  # refused at start, not at the first request
+        if self.presence_ttl_s <= 0 or self.typing_ttl_s <= 0:
+            raise ValueError("settings presence_ttl_s and typing_ttl_s must be positive")
         for spec in fields(self):
             value = getattr(self, spec.name)
             if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:

@@ -41,6 +41,13 @@ class NotAMember(ChatError):
     status = 403
 
 
+class InvalidSeq(ChatError):
+    """A read marker past the room's last message."""
+
+    code = "invalid_seq"
+    status = 422
+
+
 class NotStored(ChatError):
     """Dropped unstored: an earlier SEND of the same connection failed (see `SendChain`)."""
 

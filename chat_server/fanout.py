@@ -20,7 +20,13 @@ from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from chat_server.broker.base import Broker, BrokerState, room_topic, user_topic
+from chat_server.broker.base import (
+    Broker,
+    BrokerListener,
+    BrokerState,
+    room_topic,
+    user_topic,
+)
 from chat_server.errors import StoreUnavailable
 from chat_server.metrics import Metrics
 from chat_server.models import (
@@ -92,7 +98,8 @@ def _opened(feed: _Feed) -> None:
 
 
 class Fanout:
-    """The worker's single `BrokerListener`: room feeds and user-event sinks."""
+    """The worker's single `BrokerListener`: room feeds and user-event sinks; `state:` topics
+    (presence, typing, read events) go on to `room_state`."""
 
     def __init__(
         self,
@@ -102,6 +109,7 @@ class Fanout:
         gap_wait_s: float = 0.2,
         reconcile_interval_s: float = 5.0,
         metrics: Metrics,
+        room_state: BrokerListener | None = None,
     ) -> None:
         self._broker = broker
         self._store = store
@@ -112,6 +120,7 @@ class Fanout:
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconciler: asyncio.Task[None] | None = None
         self._metrics = metrics
+        self._room_state = room_state
 
     # --- rooms ------------------------------------------------------------------------------
 
@@ -186,6 +195,10 @@ class Fanout:
 
     def on_message(self, topic: str, payload: bytes) -> None:
         kind, _, key = topic.partition(":")
+        if kind == "state":
+            if self._room_state is not None:
+                self._room_state.on_message(topic, payload)
+            return
         try:
             if kind == "room":
                 message = decode_envelope(payload)
@@ -203,10 +216,14 @@ class Fanout:
 
     def on_state(self, state: BrokerState) -> None:
         self._metrics.broker_connected.set(1 if state is BrokerState.CONNECTED else 0)
+        if self._room_state is not None:
+            self._room_state.on_state(state)
 
     def on_resync(self) -> None:
         for feed in list(self._feeds.values()):
             self._schedule_fill(feed, delay=0.0)
+        if self._room_state is not None:
+            self._room_state.on_resync()
 
     # --- ordering -----------------------------------------------------------------------------
 

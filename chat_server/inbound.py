@@ -1,12 +1,13 @@
-"""A SEND to /app/message, read into models; and how a refused one is answered in STOMP."""
+"""A SEND to /app/message (or /app/typing, /app/read), read into models; and how a refused one
+is answered in STOMP."""
 
 from __future__ import annotations
 
 from chat_server import codec
 from chat_server.destinations import SEND_DESTINATION
 from chat_server.errors import ChatError, NotAMember, RoomNotFound, ValidationFailed
-from chat_server.models import MessageDraft, UserHeaders
-from chat_server.schemas import load, message_schema, parse_json_object
+from chat_server.models import MessageDraft, ReadRequest, TypingSignal, UserHeaders
+from chat_server.schemas import ReadSchema, TypingSchema, load, message_schema, parse_json_object
 from chat_server.stomp.errors import CloseCode, StompProtocolError
 from chat_server.stomp.frames import Frame
 
@@ -46,6 +47,22 @@ class SendReader:
                 )
             chosen[name] = value
         return tuple(chosen.items())
+
+
+_TYPING = TypingSchema()
+_READ = ReadSchema()
+
+
+def typing_signal(frame: Frame) -> TypingSignal:
+    """A `SEND /app/typing` body; `ChatError` for one the application refuses."""
+    signal: TypingSignal = load(_TYPING, _json_body(frame))
+    return signal
+
+
+def read_request(frame: Frame) -> ReadRequest:
+    """A `SEND /app/read` body; `ChatError` for one the application refuses."""
+    request: ReadRequest = load(_READ, _json_body(frame))
+    return request
 
 
 def _json_body(frame: Frame) -> object:

@@ -76,6 +76,24 @@ class Metrics:
             "chat_errors", "Refusals and errors by where and what kind",
             ["source", "kind"], registry=registry,
         )
+        # Room state: presence, typing, read markers.
+        self.online_users = Gauge(
+            "chat_online_users",
+            "Users with a connection here subscribed to a room or its events (per worker: "
+            "a user connected to two workers counts on both)",
+            registry=registry, multiprocess_mode="livesum",
+        )
+        self.typing_events = Counter(
+            "chat_typing_events",
+            "Typing SENDs by outcome: relayed, deferred to the end of their one-second "
+            "interval, or absorbed by it",
+            ["outcome"], registry=registry,
+        )
+        self.read_marker_writes = Counter(
+            "chat_read_marker_writes",
+            "Read markers set by SEND /app/read or REST, by whether they moved forward",
+            ["outcome"], registry=registry,
+        )
         # Hot-path children bound once.
         self.message_frames_sent = self.frames_sent.labels("MESSAGE")
 

@@ -37,6 +37,12 @@ class Room:
     member_ids: tuple[UserId, ...]
     created_at_ms: int
     last_activity_ms: int
+    #: The room's highest `seq` (0 while it has no message).
+    last_seq: int = 0
+    #: The reader's side (the member the room was read for; 0 when read for nobody): their
+    #: read marker, and how many messages from others lie above it.
+    last_read_seq: int = 0
+    unread_count: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -47,6 +53,9 @@ class Room:
             "memberIds": list(self.member_ids),
             "createdAt": format_timestamp(self.created_at_ms),
             "lastActivityAt": format_timestamp(self.last_activity_ms),
+            "lastSeq": self.last_seq,
+            "lastReadSeq": self.last_read_seq,
+            "unreadCount": self.unread_count,
         }
 
 
@@ -153,6 +162,8 @@ def decode_envelope(payload: bytes) -> ChatMessage:
 class UserEventKind(StrEnum):
     ROOM_ADDED = "room_added"
     ROOM_REMOVED = "room_removed"
+    #: The user's read marker in a room moved (on another of their connections, or by REST).
+    READ = "read"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,9 +181,30 @@ def encode_user_event(kind: UserEventKind, room: Room) -> bytes:
     return codec.dumps(body)
 
 
+def encode_read_event(marker: ReadMarker) -> bytes:
+    """`{"type": "read", "roomId": 1, "seq": 42}` for the user's `/user/queue/notifications`."""
+    return codec.dumps(
+        {"type": UserEventKind.READ.value, "roomId": marker.room_id, "seq": marker.seq}
+    )
+
+
 def decode_user_event(payload: bytes) -> UserEvent:
     raw = codec.loads(payload)
     return UserEvent(UserEventKind(raw["type"]), RoomId(int(raw["roomId"])), payload)
+
+
+# --- Read markers -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReadMarker:
+    """A member's read marker in a room after a read: `moved` is False when it was at `seq` or
+    beyond already (a lower `seq` is accepted and changes nothing)."""
+
+    room_id: RoomId
+    user_id: UserId
+    seq: int
+    moved: bool = True
 
 
 # --- Requests, as validated at the edge (schemas.py) -------------------------------------------
@@ -185,6 +217,22 @@ class MessageDraft:
     room_id: RoomId
     content: str
     client_message_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TypingSignal:
+    """`SEND /app/typing` body: `{"chatRoomId": 1, "typing": true}`."""
+
+    room_id: RoomId
+    typing: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRequest:
+    """`SEND /app/read` body `{"chatRoomId": 1, "seq": 42}` (REST: the room from the path)."""
+
+    room_id: RoomId
+    seq: int
 
 
 @dataclass(frozen=True, slots=True)

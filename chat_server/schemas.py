@@ -11,7 +11,15 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, val
 
 from chat_server.auth import valid_user_id
 from chat_server.errors import MalformedRequest, ValidationFailed
-from chat_server.models import GroupRoomRequest, HistoryQuery, MessageDraft, RoomId, UserId
+from chat_server.models import (
+    GroupRoomRequest,
+    HistoryQuery,
+    MessageDraft,
+    ReadRequest,
+    RoomId,
+    TypingSignal,
+    UserId,
+)
 
 #: Ids are 64-bit database keys; anything larger cannot name a row (BAD_INPUTS A7, R10).
 MAX_ID = 2**63 - 1
@@ -31,6 +39,22 @@ class StrictInteger(fields.Integer):
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.make_error("invalid")
         return value
+
+
+class StrictBoolean(fields.Boolean):
+    """A JSON `true` or `false`: not `1`, not `"true"`."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+class Seq(StrictInteger):
+    """A message `seq` as a read marker: 0 (nothing read) up to the largest id."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, validate=validate.Range(0, MAX_ID), **kwargs)
 
 
 class Id(StrictInteger):
@@ -145,6 +169,39 @@ class RoomMessageSchema(_Content):
         return data["content"], data["client_message_id"]
 
 
+class TypingSchema(_Strict):
+    """`SEND /app/typing` body: `{"chatRoomId": 1, "typing": true}`."""
+
+    chat_room_id = Id(required=True, data_key="chatRoomId")
+    typing = StrictBoolean(required=True)
+
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> TypingSignal:
+        return TypingSignal(RoomId(data["chat_room_id"]), data["typing"])
+
+
+class ReadSchema(_Strict):
+    """`SEND /app/read` body: `{"chatRoomId": 1, "seq": 42}`."""
+
+    chat_room_id = Id(required=True, data_key="chatRoomId")
+    seq = Seq(required=True)
+
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> ReadRequest:
+        return ReadRequest(RoomId(data["chat_room_id"]), data["seq"])
+
+
+class RoomReadSchema(_Strict):
+    """`POST /api/chat-rooms/{id}/read` body: `{"seq": 42}` (the room comes from the path)."""
+
+    seq = Seq(required=True)
+
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> int:
+        seq: int = data["seq"]
+        return seq
+
+
 class DirectRoomSchema(_Strict):
     participant_id = UserIdField(required=True, data_key="participantId")
 
@@ -248,6 +305,17 @@ class RoomOut(Schema):
     member_ids = fields.List(fields.String(), required=True, data_key="memberIds")
     created_at = fields.DateTime(required=True, data_key="createdAt")
     last_activity_at = fields.DateTime(required=True, data_key="lastActivityAt")
+    last_seq = fields.Integer(
+        required=True, data_key="lastSeq", metadata={"description": "the room's last seq (0: none)"}
+    )
+    last_read_seq = fields.Integer(
+        required=True, data_key="lastReadSeq",
+        metadata={"description": "the caller's read marker (0 until they read or send)"},
+    )
+    unread_count = fields.Integer(
+        required=True, data_key="unreadCount",
+        metadata={"description": "messages from others above the caller's read marker"},
+    )
 
 
 class RoomListOut(Schema):
@@ -266,6 +334,26 @@ class MessageOut(Schema):
 
 class MessageListOut(Schema):
     messages = fields.List(fields.Nested(MessageOut), required=True)
+
+
+class ReadOut(Schema):
+    room_id = fields.Integer(required=True, data_key="roomId")
+    seq = fields.Integer(required=True, metadata={"description": "the caller's marker now"})
+
+
+class ReadsOut(Schema):
+    reads = fields.Dict(
+        keys=fields.String(), values=fields.Integer(), required=True,
+        metadata={"description": "every member's read marker (0 until they read or send)"},
+    )
+
+
+class PresenceOut(Schema):
+    online = fields.List(
+        fields.String(), required=True,
+        metadata={"description": "members with a connection subscribed to the room or its "
+                                 "events, on any worker"},
+    )
 
 
 class ErrorBody(Schema):

@@ -16,7 +16,7 @@ from typing import assert_never
 from chat_server.auth import AuthenticationFailed, Identity, TokenAuthority, bearer_token
 from chat_server.chat import ChatService
 from chat_server.config import Settings
-from chat_server.destinations import NOTIFICATIONS_DESTINATION
+from chat_server.destinations import NOTIFICATIONS_DESTINATION, ROOM_SIGNALS
 from chat_server.fanout import Fanout
 from chat_server.inbound import SendReader
 from chat_server.metrics import Metrics
@@ -24,6 +24,7 @@ from chat_server.models import UserEvent, UserEventKind, UserId
 from chat_server.outbox import Outbox
 from chat_server.outlet import Outlet
 from chat_server.ratelimit import TokenBucket
+from chat_server.room_signals import RoomSignals
 from chat_server.send_pipeline import SendPipeline
 from chat_server.stomp.connection import Limits, State, StompConnection
 from chat_server.stomp.errors import CloseCode, StompProtocolError
@@ -67,6 +68,7 @@ class Session:
         "outbox",
         "outlet",
         "sends",
+        "signals",
         "started",
         "subscriptions",
     )
@@ -100,7 +102,7 @@ class Session:
         self.outbox = Outbox(settings.outbox_bytes)
         self.outlet = Outlet(self.conn, self.outbox, metrics)
         self.subscriptions = SubscriptionRegistry(
-            self.conn, self.outlet, fanout, chat.may_read, metrics
+            self.conn, self.outlet, fanout, chat.may_read, metrics, chat.room_state
         )
         self.sends = SendPipeline(
             chat=chat,
@@ -109,6 +111,10 @@ class Session:
             subscriptions=self.subscriptions,
             metrics=metrics,
             max_pipelined=settings.max_pipelined_sends,
+        )
+        self.signals = RoomSignals(
+            chat=chat, outlet=self.outlet, subscriptions=self.subscriptions,
+            refuse=self.sends.refuse,
         )
         self.identity: Identity | None = None
         #: True once the user counted against its connection cap (released on close).
@@ -215,7 +221,7 @@ class Session:
     # --- dispatch -----------------------------------------------------------------------------
 
     async def _handle(self, frame: Frame) -> None:
-        if frame.command is Command.SEND:
+        if frame.command is Command.SEND and frame.get("destination") not in ROOM_SIGNALS:
             # Not awaited: the SENDs of a burst share a group commit, answered in order.
             await self.sends.send(frame, self._require_user())
             return
@@ -223,6 +229,12 @@ class Session:
         if self.conn.closing:
             return  # one of those SENDs failed the connection
         self.sends.end_burst()
+        if frame.command is Command.SEND:  # typing or a read marker
+            if self.conn.enlist(frame):
+                self.outlet.receipt(frame)  # held for its transaction's COMMIT
+            else:
+                await self.signals.send(frame, self._require_user())
+            return
         await self._dispatch(frame)
 
     async def _dispatch(self, frame: Frame) -> None:
@@ -257,7 +269,9 @@ class Session:
 
     async def _commit(self, frame: Frame) -> None:
         for held in self.conn.commit(frame):
-            if held.command is Command.SEND:
+            if held.command is Command.SEND and held.get("destination") in ROOM_SIGNALS:
+                await self.signals.send(held, self._require_user(), receipt=False)
+            elif held.command is Command.SEND:
                 await self.sends.commit_held(held, self._require_user())
             else:
                 self.conn.acknowledge(held)
@@ -298,6 +312,7 @@ class Session:
         if event.kind is UserEventKind.ROOM_REMOVED:
             # Membership ended: end this connection's subscriptions to the room (A8).
             self.subscriptions.room_removed(event.room_id)
+            self.signals.room_removed(event.room_id)
         notifications = self.subscriptions.notifications
         if notifications is not None:
             self.outlet.push(notifications, NOTIFICATIONS_DESTINATION, event.payload)

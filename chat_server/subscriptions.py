@@ -1,5 +1,8 @@
 """One connection's subscriptions: what each one delivers, and the rules for adding and ending
-them (membership, the server ending them when a member is removed)."""
+them (membership, the server ending them when a member is removed).
+
+A subscription to a room, or to its events, also makes its user present in the room
+(`RoomState.enter`) until it ends."""
 
 from __future__ import annotations
 
@@ -12,12 +15,14 @@ from chat_server.destinations import (
     ERRORS_DESTINATION,
     NOTIFICATIONS_DESTINATION,
     USER_QUEUES,
+    room_events_of,
     room_of,
 )
 from chat_server.fanout import Fanout, Tap
 from chat_server.metrics import Metrics
 from chat_server.models import RoomId, UserId
 from chat_server.outlet import Outlet
+from chat_server.room_state import EventTap, RoomState
 from chat_server.stomp.connection import StompConnection, Subscription
 from chat_server.stomp.errors import CloseCode
 from chat_server.stomp.frames import Frame
@@ -30,8 +35,14 @@ MayRead = Callable[[UserId, RoomId], Awaitable[bool]]
 @dataclass(slots=True, eq=False)
 class _Entry:
     subscription: Subscription
-    #: The room feed it reads; None for a user queue.
+    #: The room it concerns (its messages or its events); None for a user queue.
+    room_id: RoomId | None = None
+    #: The room feed it reads, for a room's messages.
     tap: Tap | None = None
+    #: The room's events it reads, for `/queue/chat-rooms/{id}/events`.
+    events: EventTap | None = None
+    #: Counted in the room's presence (as this user), from the membership check to its end.
+    present_as: UserId | None = None
 
 
 class SubscriptionRegistry:
@@ -41,6 +52,18 @@ class SubscriptionRegistry:
     messages); this keeps where it delivers. Both change together, only here.
     """
 
+    __slots__ = (
+        "_conn",
+        "_ended",
+        "_entries",
+        "_fanout",
+        "_gauge",
+        "_may_read",
+        "_outlet",
+        "_removals",
+        "_room_state",
+    )
+
     def __init__(
         self,
         conn: StompConnection,
@@ -48,10 +71,12 @@ class SubscriptionRegistry:
         fanout: Fanout,
         may_read: MayRead,
         metrics: Metrics,
+        room_state: RoomState,
     ) -> None:
         self._conn = conn
         self._outlet = outlet
         self._fanout = fanout
+        self._room_state = room_state
         self._may_read = may_read
         self._gauge = metrics.subscriptions
         self._entries: dict[str, _Entry] = {}
@@ -82,23 +107,42 @@ class SubscriptionRegistry:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def watches(self, room_id: RoomId) -> bool:
+        """A subscription of this connection to the room or its events passed the membership
+        check and has not ended (the server ends them when the user is removed)."""
+        return any(
+            entry.room_id == room_id and entry.present_as is not None
+            for entry in self._entries.values()
+        )
+
     # --- the client's frames ------------------------------------------------------------------
 
     async def subscribe(self, frame: Frame, user: UserId) -> None:
         destination = frame.get("destination") or ""
         room_id = room_of(destination)
-        if room_id is None and destination not in USER_QUEUES:
+        events_of = room_events_of(destination) if room_id is None else None
+        if room_id is None and events_of is None and destination not in USER_QUEUES:
             raise self._conn.refuse(frame, "Unknown destination")
         resume_after = self._resume_after(frame)
         entry = self._add(self._conn.add_subscription(frame))
-        if room_id is None:
+        entry.room_id = room_id or events_of
+        if entry.room_id is None:
             return
-        removals = self._removal_count(room_id)
+        removals = self._removal_count(entry.room_id)
         # Nothing of the room reaches this connection before the check: the tap attaches after.
-        allowed = await self._may_read(user, room_id)
-        if not allowed or self._removal_count(room_id) != removals:
+        allowed = await self._may_read(user, entry.room_id)
+        if not allowed or self._removal_count(entry.room_id) != removals:
             self._remove(entry)
             raise self._conn.refuse(frame, "forbidden", CloseCode.POLICY_VIOLATION)
+        self._room_state.enter(entry.room_id, user)
+        entry.present_as = user
+        if events_of is not None:
+            entry.events = EventTap(
+                events_of, sink=partial(self._outlet.push, entry.subscription, destination)
+            )
+            await self._room_state.attach(entry.events)
+            return
+        assert room_id is not None
         entry.tap = Tap(
             room_id,
             sink=partial(self._outlet.deliver, entry.subscription),  # lighter than a closure
@@ -135,7 +179,7 @@ class SubscriptionRegistry:
         removals[room_id] = removals.get(room_id, 0) + 1
         ended = self._ended = self._ended or {}
         for entry in list(self._entries.values()):
-            if entry.tap is not None and entry.tap.room_id == room_id:
+            if entry.room_id == room_id:
                 self._remove(entry)
                 ended[entry.subscription.id] = None
                 while len(ended) > self._conn.limits.max_subscriptions:
@@ -160,4 +204,9 @@ class SubscriptionRegistry:
         self._gauge.dec()
         if entry.tap is not None:
             self._fanout.detach(entry.tap)
+        if entry.events is not None:
+            self._room_state.detach(entry.events)
+        if entry.present_as is not None and entry.room_id is not None:
+            self._room_state.exit(entry.room_id, entry.present_as)
+            entry.present_as = None
         self._conn.drop_subscription(entry.subscription)

@@ -356,6 +356,8 @@ class ChatClient:
 
     `messages[room]` keeps every chat message body in arrival order, across reconnections (a new
     connection continues the same lists), so loss, duplication and order are checked on them.
+    `events[room]` keeps the room's events (`/queue/chat-rooms/{id}/events`: the snapshot, then
+    presence, typing and reads) and `notices` the bodies from the user's queues.
     """
 
     def __init__(self, http: aiohttp.ClientSession, user: str, url: str,
@@ -365,6 +367,8 @@ class ChatClient:
         self.user = user
         self.url = url
         self.messages: dict[int, list[dict[str, Any]]] = {}
+        self.events: dict[int, list[dict[str, Any]]] = {}
+        self.notices: list[dict[str, Any]] = []
         self.errors: list[str] = []
         self.close_codes: list[int | None] = []
         self.connections = 0
@@ -411,7 +415,13 @@ class ChatClient:
                 frame = await stomp.receive(timeout=3600)
                 if frame.command is Command.MESSAGE:
                     body = orjson.loads(frame.body)
-                    self.messages.setdefault(int(body["chatRoomId"]), []).append(body)
+                    destination = frame.get("destination") or ""
+                    if destination.endswith("/events"):
+                        self.events.setdefault(int(body["roomId"]), []).append(body)
+                    elif destination.startswith("/user/"):
+                        self.notices.append(body)
+                    else:
+                        self.messages.setdefault(int(body["chatRoomId"]), []).append(body)
                 elif frame.command is Command.RECEIPT:
                     waiter = self._receipts.pop(frame.get("receipt-id") or "", None)
                     if waiter is not None and not waiter.done():
@@ -532,6 +542,35 @@ class ChatClient:
                                                client_message_id=client_message_id),
             timeout,
         )
+
+    async def watch(self, room: int, timeout: float = 10.0) -> None:
+        """SUBSCRIBE to the room's events; returns once receipted (the snapshot came first)."""
+        stomp = self.stomp
+        assert stomp is not None
+        await self._receipted(
+            lambda receipt: stomp.subscribe(f"/queue/chat-rooms/{room}/events",
+                                            f"events-{room}", receipt=receipt),
+            timeout,
+        )
+
+    async def signal(self, destination: str, body: dict[str, Any], *, receipted: bool = False,
+                     timeout: float = 10.0) -> None:
+        """A SEND to `/app/typing` or `/app/read`; with `receipted`, awaits its RECEIPT."""
+        stomp = self.stomp
+        assert stomp is not None
+        headers = {"destination": destination, "content-type": "application/json"}
+        payload = json.dumps(body).encode()
+        if not receipted:
+            await stomp.send(Command.SEND, headers, payload)
+            return
+        await self._receipted(
+            lambda receipt: stomp.send(Command.SEND, {**headers, "receipt": receipt}, payload),
+            timeout,
+        )
+
+    def of(self, room: int, kind: str) -> list[dict[str, Any]]:
+        """The room's events of one type, in arrival order."""
+        return [event for event in self.events.get(room, []) if event["type"] == kind]
 
     def seqs(self, room: int) -> list[int]:
         return [int(body["seq"]) for body in self.messages.get(room, [])]

@@ -40,3 +40,20 @@ def test_quick_benchmark_runs_every_scenario_without_loss(tmp_path: Path) -> Non
     idle = rows["c"]
     assert not idle["failures"] and idle["setup_failures"] == 0, idle
     assert idle["subscribers"] > 0 and idle["kib_per_conn"] > 0, idle
+
+
+def test_quick_typing_scenario_runs_without_loss(tmp_path: Path) -> None:
+    """Scenario e (b with a tenth of the clients typing every second), in its short form."""
+    require_binary("redis-server")
+    out = tmp_path / "bench-e.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--scenarios", "e",
+         "--json", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=TIMEOUT_S, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    [row] = json.loads(out.read_text())["rows"]
+    assert row["scenario"] == "e" and not row["failures"], row
+    assert row["typing_sent"] > 0 and row["events"] > 0, row
+    assert (row["lost"], row["duplicated"], row["out_of_order"]) == (0, 0, 0), row
+    assert row["setup_failures"] == 0 and row["errors"] == 0, row

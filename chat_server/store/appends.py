@@ -1,9 +1,10 @@
-"""`append_batch`: number and insert one batch of messages in one transaction, five statements."""
+"""`append_batch`: number and insert one batch of messages in one transaction, six statements
+(the sixth moves the senders' read markers)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import bindparam, insert, select, update
@@ -47,6 +48,16 @@ _POSITIONS = select(rooms.c.id, rooms.c.last_seq, rooms.c.last_activity_ms).wher
     rooms.c.id.in_(bindparam("room_ids", expanding=True))
 )
 _INSERT = insert(messages).returning(messages.c.id, sort_by_parameter_order=True)
+# Room state (read markers): a sender has read what they sent. Forward only; one executemany.
+_MOVE_SENDER_MARKERS = (
+    update(room_members)
+    .where(
+        room_members.c.room_id == bindparam("b_room"),
+        room_members.c.user_id == bindparam("b_user"),
+        room_members.c.last_read_seq < bindparam("b_seq"),
+    )
+    .values(last_read_seq=bindparam("b_seq"))
+)
 
 #: What one queued append turns into: its result, or the refusal to raise to its sender.
 Outcome = PostResult | ChatError
@@ -85,6 +96,8 @@ def append_batch(conn: Connection, appends: Sequence[Append]) -> list[Outcome]:
     existing = set(conn.scalars(_LOCK_ROOMS, {"room_ids": room_ids}))
     plan = _plan(conn, appends, existing)
     inserted = _insert(conn, batch, plan.fresh) if plan.fresh else {}
+    if inserted:
+        _move_sender_markers(conn, inserted.values())
     by_key: dict[RetryKey, ChatMessage] = {}
     for index, message in inserted.items():
         plan.outcomes[index] = PostResult(message, created=True)
@@ -95,6 +108,18 @@ def append_batch(conn: Connection, appends: Sequence[Append]) -> list[Outcome]:
     answers = [outcome for outcome in plan.outcomes if outcome is not None]
     assert len(answers) == len(batch)
     return answers
+
+
+def _move_sender_markers(conn: Connection, stored: Iterable[ChatMessage]) -> None:
+    """Each sender's marker to their last message of the batch, per room: one statement."""
+    highest: dict[tuple[RoomId, UserId], int] = {}
+    for message in stored:
+        key = (message.room_id, message.sender_id)
+        highest[key] = max(highest.get(key, 0), message.seq)
+    conn.execute(
+        _MOVE_SENDER_MARKERS,
+        [{"b_room": room, "b_user": user, "b_seq": seq} for (room, user), seq in highest.items()],
+    )
 
 
 def _plan(conn: Connection, appends: Sequence[Append], existing: set[RoomId]) -> _Plan:

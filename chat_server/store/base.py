@@ -10,6 +10,7 @@ from chat_server.models import (
     ChatMessage,
     NewMessage,
     PostResult,
+    ReadMarker,
     Room,
     RoomId,
     SendChain,
@@ -34,20 +35,39 @@ class MessageStore(Protocol):
         """A group room whose members are the creator and `member_ids` (deduplicated)."""
         ...
 
-    async def get_room(self, room_id: RoomId) -> Room | None: ...
+    async def get_room(self, room_id: RoomId, reader: UserId | None = None) -> Room | None:
+        """The room; with `reader`, also that member's marker and unread count (a reader who
+        is not a member gets None, as for a room that does not exist)."""
+        ...
 
     async def rooms_of(self, user: UserId) -> list[Room]:
-        """The user's rooms, most recent activity first."""
+        """The user's rooms, most recent activity first, each with the user's read marker and
+        unread count: one statement however many rooms (not one per room)."""
         ...
 
     async def is_member(self, room_id: RoomId, user: UserId) -> bool: ...
 
-    async def add_member(self, room_id: RoomId, user: UserId) -> Room:
-        """Idempotent; `RoomNotFound` for an unknown room."""
+    async def add_member(
+        self, room_id: RoomId, user: UserId, reader: UserId | None = None
+    ) -> Room:
+        """Idempotent; `RoomNotFound` for an unknown room. The room is read for `reader`."""
         ...
 
     async def remove_member(self, room_id: RoomId, user: UserId) -> bool:
         """True if the user was a member."""
+        ...
+
+    async def mark_read(self, room_id: RoomId, user: UserId, seq: int) -> ReadMarker:
+        """Move the member's read marker forward to `seq`, in one transaction.
+
+        A `seq` at or below the marker is accepted and changes nothing (`moved=False`, the
+        marker as stored); `InvalidSeq` for a `seq` above the room's last; `NotAMember` for a
+        room the user is not in (or that does not exist).
+        """
+        ...
+
+    async def reads(self, room_id: RoomId) -> dict[UserId, int]:
+        """Every member's read marker (0 until they read or send)."""
         ...
 
     def append_message(
@@ -59,6 +79,7 @@ class MessageStore(Protocol):
         is done only after the transaction committed (or failed). Once an append of `chain`
         failed, the appends of that chain queued behind it fail with `NotStored`, unstored.
 
+        Storing a message moves its sender's read marker to it, in the same transaction.
         A retried `client_message_id` (same room and sender) returns the stored row with
         `created=False` and uses no `seq`. `NotAMember` refuses it, for a room that does not
         exist just as for someone else's room.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Row
 
@@ -40,15 +40,21 @@ def to_message(row: Row[Any]) -> ChatMessage:
     )
 
 
-def to_room(row: Row[Any], member_ids: Iterable[str]) -> Room:
+def to_room(row: Row[Any], member_ids: Iterable[str], *, for_reader: bool = False) -> Room:
+    """A `rooms` row; `for_reader` when the query selected one member's `last_read_seq` and
+    `unread_count` with it. Plain attribute reads: a room list maps hundreds of these."""
     return Room(
         id=RoomId(row.id),
         kind=RoomKind(row.kind),
         name=row.name,
         created_by=UserId(row.created_by),
-        member_ids=tuple(sorted(UserId(member) for member in member_ids)),
+        # UserId is the identity at run time: no call per member.
+        member_ids=cast(tuple[UserId, ...], tuple(sorted(member_ids))),
         created_at_ms=row.created_at_ms,
         last_activity_ms=row.last_activity_ms,
+        last_seq=row.last_seq,
+        last_read_seq=row.last_read_seq if for_reader else 0,
+        unread_count=row.unread_count if for_reader else 0,
     )
 
 

@@ -59,6 +59,10 @@ room_members = Table(
     Column("room_id", IdType, ForeignKey("rooms.id", ondelete="CASCADE"), nullable=False),
     Column("user_id", Text, nullable=False),
     Column("joined_at_ms", BigInteger, nullable=False),
+    # The member's read marker: the highest `seq` they have read or sent; only moves forward.
+    # Never below their own last message in the room (the store moves it with every message,
+    # and sets it so when a member is added back): what lies above it is others' messages.
+    Column("last_read_seq", BigInteger, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("room_id", "user_id"),
     Index(None, "user_id"),
 )

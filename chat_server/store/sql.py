@@ -5,23 +5,30 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    ColumnElement,
+    Select,
     Text,
+    and_,
     delete,
+    func,
     insert,
     literal,
     select,
+    update,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from chat_server.errors import RoomExists, RoomNotFound
+from chat_server.errors import InvalidSeq, NotAMember, RoomExists, RoomNotFound
 from chat_server.models import (
     ChatMessage,
     NewMessage,
     PostResult,
+    ReadMarker,
     Room,
     RoomId,
     RoomKind,
@@ -42,6 +49,22 @@ from chat_server.store.schema import db_now_ms, messages, room_members, rooms
 
 def _room_not_found(room_id: RoomId) -> RoomNotFound:
     return RoomNotFound("room not found", {"roomId": room_id})
+
+
+def _unread_count() -> ColumnElement[int]:
+    """Messages from others above the reader's marker, for the row's room: what lies above a
+    marker is never the reader's own (schema.py, `room_members.last_read_seq`) and `seq` has no
+    holes, so it is a subtraction, whatever the number of rooms or messages."""
+    return (rooms.c.last_seq - room_members.c.last_read_seq).label("unread_count")
+
+
+def _rooms_read_by(reader: UserId) -> Select[Any]:
+    """The reader's rooms with their marker and unread count: one statement for any number."""
+    return select(rooms, room_members.c.last_read_seq, _unread_count()).join_from(
+        rooms,
+        room_members,
+        and_(room_members.c.room_id == rooms.c.id, room_members.c.user_id == reader),
+    )
 
 
 class SqlStore:
@@ -71,14 +94,17 @@ class SqlStore:
 
     # --- rooms -------------------------------------------------------------------------------
 
-    async def _load_room(self, conn: AsyncConnection, room_id: RoomId) -> Room | None:
-        row = (await conn.execute(select(rooms).where(rooms.c.id == room_id))).one_or_none()
+    async def _load_room(
+        self, conn: AsyncConnection, room_id: RoomId, reader: UserId | None = None
+    ) -> Room | None:
+        query = select(rooms) if reader is None else _rooms_read_by(reader)
+        row = (await conn.execute(query.where(rooms.c.id == room_id))).one_or_none()
         if row is None:
             return None
         members = await conn.scalars(
             select(room_members.c.user_id).where(room_members.c.room_id == room_id)
         )
-        return to_room(row, members.all())
+        return to_room(row, members.all(), for_reader=reader is not None)
 
     async def _insert_room(
         self,
@@ -169,10 +195,10 @@ class SqlStore:
                     key=None,
                 )
 
-    async def get_room(self, room_id: RoomId) -> Room | None:
+    async def get_room(self, room_id: RoomId, reader: UserId | None = None) -> Room | None:
         with unavailable_on_failure():
             async with self._reading() as conn:
-                return await self._load_room(conn, room_id)
+                return await self._load_room(conn, room_id, reader)
 
     async def rooms_of(self, user: UserId) -> list[Room]:
         mine = select(room_members.c.room_id).where(room_members.c.user_id == user)
@@ -180,9 +206,9 @@ class SqlStore:
             async with self._reading() as conn:
                 room_rows = (
                     await conn.execute(
-                        select(rooms)
-                        .where(rooms.c.id.in_(mine))
-                        .order_by(rooms.c.last_activity_ms.desc(), rooms.c.id.desc())
+                        _rooms_read_by(user).order_by(
+                            rooms.c.last_activity_ms.desc(), rooms.c.id.desc()
+                        )
                     )
                 ).all()
                 member_rows = (
@@ -195,7 +221,7 @@ class SqlStore:
         members: dict[int, list[str]] = {}
         for member in member_rows:
             members.setdefault(member.room_id, []).append(member.user_id)
-        return [to_room(row, members.get(row.id, ())) for row in room_rows]
+        return [to_room(row, members.get(row.id, ()), for_reader=True) for row in room_rows]
 
     # --- membership --------------------------------------------------------------------------
 
@@ -212,15 +238,26 @@ class SqlStore:
             async with self._reading() as conn:
                 return await self._has_member(conn, room_id, user)
 
-    async def add_member(self, room_id: RoomId, user: UserId) -> Room:
-        values = {"room_id": room_id, "user_id": user, "joined_at_ms": db_now_ms()}
+    async def add_member(
+        self, room_id: RoomId, user: UserId, reader: UserId | None = None
+    ) -> Room:
+        # A member added back has read what they wrote before (room_members.last_read_seq).
+        own_last = (
+            select(func.coalesce(func.max(messages.c.seq), 0))
+            .where(messages.c.room_id == room_id, messages.c.sender_id == user)
+            .scalar_subquery()
+        )
+        values = {
+            "room_id": room_id, "user_id": user, "joined_at_ms": db_now_ms(),
+            "last_read_seq": own_last,
+        }
         add = self._backend.insert_if_absent(room_members, values)  # twice is a no-op
         with unavailable_on_failure():
             async with self._backend.writing() as conn:
                 if await conn.scalar(select(rooms.c.id).where(rooms.c.id == room_id)) is None:
                     raise _room_not_found(room_id)
                 await conn.execute(add)
-                room = await self._load_room(conn, room_id)
+                room = await self._load_room(conn, room_id, reader)
         if room is None:  # pragma: no cover - the row was read in this very transaction
             raise _room_not_found(room_id)
         return room
@@ -234,6 +271,49 @@ class SqlStore:
                     )
                 )
         return result.rowcount > 0
+
+    # --- read markers ------------------------------------------------------------------------
+
+    async def mark_read(self, room_id: RoomId, user: UserId, seq: int) -> ReadMarker:
+        member = (
+            select(room_members.c.last_read_seq, rooms.c.last_seq)
+            .join_from(room_members, rooms, rooms.c.id == room_members.c.room_id)
+            .where(room_members.c.room_id == room_id, room_members.c.user_id == user)
+        )
+        mine = and_(room_members.c.room_id == room_id, room_members.c.user_id == user)
+        with unavailable_on_failure():
+            async with self._backend.writing() as conn:
+                row = (await conn.execute(member)).one_or_none()
+                if row is None:
+                    raise NotAMember("not a member of this room", {"roomId": room_id})
+                if seq > row.last_seq:
+                    raise InvalidSeq(
+                        "seq is past the room's last message",
+                        {"seq": seq, "lastSeq": int(row.last_seq)},
+                    )
+                if seq <= row.last_read_seq:
+                    return ReadMarker(room_id, user, int(row.last_read_seq), moved=False)
+                # Forward only, decided by the row as it is at the UPDATE (another device's
+                # read may have committed since the SELECT on PostgreSQL).
+                moved = await conn.execute(
+                    update(room_members)
+                    .where(mine, room_members.c.last_read_seq < seq)
+                    .values(last_read_seq=seq)
+                )
+                if moved.rowcount:
+                    return ReadMarker(room_id, user, seq)
+                current = await conn.scalar(select(room_members.c.last_read_seq).where(mine))
+        return ReadMarker(room_id, user, int(current or seq), moved=False)
+
+    async def reads(self, room_id: RoomId) -> dict[UserId, int]:
+        with unavailable_on_failure():
+            async with self._reading() as conn:
+                rows = await conn.execute(
+                    select(room_members.c.user_id, room_members.c.last_read_seq).where(
+                        room_members.c.room_id == room_id
+                    )
+                )
+                return {UserId(row.user_id): int(row.last_read_seq) for row in rows}
 
     # --- messages ----------------------------------------------------------------------------
 

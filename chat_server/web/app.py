@@ -19,6 +19,7 @@ from chat_server.inbound import SendReader
 from chat_server.metrics import Metrics
 from chat_server.proxies import TrustedProxies
 from chat_server.ratelimit import RateLimiter
+from chat_server.room_state import RoomState
 from chat_server.store.migrate import migrate
 from chat_server.store.sql import open_store
 from chat_server.store.urls import sqlite_path
@@ -47,22 +48,33 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     broker = build_broker(settings)
     metrics = Metrics()
     store.observe_batch = metrics.append_batch_size.observe
+    room_state = RoomState(
+        broker,
+        store,
+        metrics,
+        presence_ttl_s=settings.presence_ttl_s,
+        typing_ttl_s=settings.typing_ttl_s,
+        typing_interval_s=settings.typing_interval_s,
+        ask_timeout_s=settings.presence_ask_timeout_s,
+    )
     fanout = Fanout(
         broker,
         store,
         gap_wait_s=settings.gap_wait_s,
         reconcile_interval_s=settings.reconcile_interval_s,
         metrics=metrics,
+        room_state=room_state,
     )
     await broker.start(fanout)
     fanout.start()
+    await room_state.start()
     keepalive = KeepAlive(settings.ws_ping_s)
     keepalive.start()
     app[SERVICES] = Services(
         settings=settings,
         store=store,
         broker=broker,
-        chat=ChatService(store, broker, metrics, fanout.deliver),
+        chat=ChatService(store, broker, metrics, fanout.deliver, room_state),
         send_reader=SendReader(
             settings.max_body_bytes, settings.max_user_headers, settings.max_user_header_bytes
         ),
@@ -83,6 +95,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         keepalive.stop()
+        await room_state.close()  # its goodbye: this worker's users leave elsewhere at once
         await fanout.close()
         await broker.close()
         await store.close()

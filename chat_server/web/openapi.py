@@ -15,9 +15,13 @@ from chat_server.schemas import (
     MemberSchema,
     MessageListOut,
     MessageOut,
+    PresenceOut,
+    ReadOut,
+    ReadsOut,
     RoomListOut,
     RoomMessageSchema,
     RoomOut,
+    RoomReadSchema,
 )
 
 _ROOM_ID = {"name": "roomId", "in": "path", "required": True,
@@ -69,6 +73,7 @@ def build_openapi() -> dict[str, Any]:
         "Room": RoomOut, "RoomList": RoomListOut, "Message": MessageOut,
         "MessageList": MessageListOut, "ErrorOut": ErrorOut, "CreateRoom": CreateRoomIn,
         "RoomMessage": RoomMessageSchema(max_content_bytes=0), "Member": MemberSchema,
+        "ReadIn": RoomReadSchema, "Read": ReadOut, "Reads": ReadsOut, "Presence": PresenceOut,
     }.items():
         spec.components.schema(name, schema=schema)
     history_query = [
@@ -97,6 +102,25 @@ def build_openapi() -> dict[str, Any]:
             "200": {"description": "a retried clientMessageId: the stored one",
                     **_json("Message")},
         }, body="RoomMessage", parameters=[_ROOM_ID]),
+    })
+    spec.path("/api/chat-rooms/{roomId}/read", operations={
+        "post": _operation(
+            "Move the caller's read marker forward (a lower seq is accepted and changes "
+            "nothing); the room's events and the caller's other connections hear of it", {
+                "200": {"description": "the caller's marker now", **_json("Read")},
+                "422": {"description": "invalid_seq: past the room's last message, or not an "
+                                       "integer from 0", **_json("ErrorOut")},
+            }, body="ReadIn", parameters=[_ROOM_ID]),
+    })
+    spec.path("/api/chat-rooms/{roomId}/reads", operations={
+        "get": _operation("Every member's read marker", {
+            "200": {"description": "markers by user", **_json("Reads")}},
+            parameters=[_ROOM_ID]),
+    })
+    spec.path("/api/chat-rooms/{roomId}/presence", operations={
+        "get": _operation("Members online in the room now, on any worker", {
+            "200": {"description": "online members", **_json("Presence")}},
+            parameters=[_ROOM_ID]),
     })
     spec.path("/api/chat-rooms/{roomId}/members", operations={
         "post": _operation("Add a member to a group room", {

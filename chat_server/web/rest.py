@@ -22,6 +22,7 @@ from chat_server.schemas import (
     GroupRoomSchema,
     HistoryQuerySchema,
     MemberSchema,
+    RoomReadSchema,
     load,
     parse_json_object,
     room_message_schema,
@@ -228,6 +229,31 @@ async def post_message(request: web.Request) -> web.Response:
         # The same answer as GET for someone else's room and for no room: existence never leaks.
         raise RoomNotFound(f"no room {room_id} among yours") from None
     return json_response(result.message.to_json(), status=201 if result.created else 200)
+
+
+@api_routes.post("/api/chat-rooms/{roomId}/read")
+async def mark_read(request: web.Request) -> web.Response:
+    """Move the caller's read marker forward (a lower seq is accepted and changes nothing)."""
+    user = _caller(request)
+    room_id = _room_id(request)
+    seq = load(RoomReadSchema(), await _json_body(request))
+    try:
+        marker = await _chat(request).mark_read(user, room_id, seq)
+    except NotAMember:
+        raise RoomNotFound(f"no room {room_id} among yours") from None
+    return json_response({"roomId": marker.room_id, "seq": marker.seq})
+
+
+@api_routes.get("/api/chat-rooms/{roomId}/reads")
+async def reads(request: web.Request) -> web.Response:
+    reads = await _chat(request).reads(_caller(request), _room_id(request))
+    return json_response({"reads": dict(sorted(reads.items()))})
+
+
+@api_routes.get("/api/chat-rooms/{roomId}/presence")
+async def presence(request: web.Request) -> web.Response:
+    online = await _chat(request).online(_caller(request), _room_id(request))
+    return json_response({"online": online})
 
 
 @api_routes.post("/api/chat-rooms/{roomId}/members")

@@ -8,6 +8,11 @@ page reconnects by itself, resumes the room with `x-resume-after`, and shows eve
 in order. Then Alice's page goes offline while she writes: the SEND waits, goes out after the
 reconnect, and Bob sees it once. A screenshot of Bob's page goes to test-artifacts/demo.png.
 
+Room state: who is online (a dot by each member), "bob is typing…", "Seen by bob" under the last
+message Bob read, and unread badges from the server that clear on every device when read on one,
+with Bob on a desktop page and on a 390 px phone page (one pane at a time). Screenshots:
+test-artifacts/roomstate-desktop.png, roomstate-phone.png and roomstate-phone-rooms.png.
+
 Needs Debian's `chromium` and `chromium-driver` (skipped without them; .ci/run installs them).
 """
 
@@ -276,3 +281,150 @@ def test_history_loads_on_scroll(demo_server: str, open_page: Callable[[str], We
     wait_for(dave, lambda d: d.find_element(By.ID, "history-status").text
              == "Start of the conversation", "the start of the conversation")
     assert shown_messages(dave) == [(n, "carol", f"message {n}") for n in range(1, total + 1)]
+
+
+# ---- room state: presence, typing, seen by, unread badges; the phone layout ----------------
+
+PHONE_WIDTH = 390
+
+
+def is_online(driver: WebDriver, user: str) -> bool:
+    found: bool = driver.execute_script(
+        "const m = document.querySelector(`#room-members .member[data-user='${arguments[0]}']`);"
+        "return Boolean(m && m.classList.contains('online'));", user)
+    return found
+
+
+def typing_line(driver: WebDriver) -> str:
+    return driver.find_element(By.ID, "typing").text
+
+
+def seen_marks(driver: WebDriver) -> dict[int, str]:
+    """seq -> the "Seen by ..." text under that message, for every message that has one."""
+    marks: list[tuple[int, str]] = driver.execute_script(
+        """return [...document.querySelectorAll('#message-list .message .seen')].map((s) =>
+               [Number(s.closest('.message').dataset.seq), s.textContent]);""")
+    return {seq: text for seq, text in marks}
+
+
+def badge(driver: WebDriver, label: str) -> str:
+    """The unread badge of the room listed as `label` ("" when none)."""
+    text: str = driver.execute_script(
+        """const item = [...document.querySelectorAll('#room-list li')].find((li) =>
+               li.querySelector('.room-name').textContent === arguments[0]);
+           if (!item) return null;
+           const b = item.querySelector('.unread'); return b ? b.textContent : '';""", label)
+    return text
+
+
+def open_room(driver: WebDriver, label: str) -> None:
+    driver.find_element(
+        By.XPATH, f"//ul[@id='room-list']/li[.//*[@class='room-name' and text()='{label}']]"
+    ).click()
+    wait_for(driver, lambda d: d.find_element(By.ID, "room-title").text == label,
+             f"{label} open")
+
+
+def layout_problems(driver: WebDriver) -> list[str]:
+    """What would look broken on a narrow screen: sideways scrolling, bubbles squeezed to a few
+    letters, the list and the room side by side."""
+    found: list[str] = driver.execute_script(
+        """const problems = [];
+           const width = window.innerWidth;
+           const scrolled = document.documentElement.scrollWidth;
+           if (scrolled > width + 1) problems.push(`page scrolls sideways: ${scrolled} > ${width}`);
+           for (const bubble of document.querySelectorAll('#message-list .content')) {
+             const r = bubble.getBoundingClientRect();
+             if (r.right > width + 1) problems.push(`bubble past the edge: ${r.right}`);
+             if (bubble.textContent.length > 12 && r.width < 120)
+               problems.push(`bubble squeezed to ${r.width}px`);
+           }
+           const sidebar = document.querySelector('.sidebar').getBoundingClientRect();
+           const talk = document.querySelector('.conversation').getBoundingClientRect();
+           if (sidebar.width > 0 && talk.width > 0) problems.push('two panes side by side');
+           return problems;""")
+    return found
+
+
+def test_presence_typing_seen_by_and_badges_across_devices_and_a_phone(
+    demo_server: str, open_page: Callable[[str], WebDriver]
+) -> None:
+    alice = open_page(demo_server)
+    bob = open_page(demo_server)
+    sign_in(alice, "alice")
+    sign_in(bob, "bob")
+    alice.find_element(By.ID, "new-direct-id").send_keys("bob")
+    alice.find_element(By.ID, "new-direct-form").submit()
+    wait_for(alice, lambda d: d.find_element(By.ID, "room-title").text == "bob", "alice's room")
+    wait_for(bob, lambda d: d.find_elements(By.CSS_SELECTOR, "#room-list li"), "bob's room")
+    open_room(bob, "alice")
+
+    # Who is online: a dot by each member, from the room's events.
+    wait_for(alice, lambda d: is_online(d, "bob") and is_online(d, "alice"), "bob's dot")
+    wait_for(bob, lambda d: is_online(d, "alice"), "alice's dot")
+
+    # Typing: Bob types, Alice sees it; he clears the field, it goes.
+    field = bob.find_element(By.ID, "composer-input")
+    field.send_keys("hel")
+    wait_for(alice, lambda d: typing_line(d) == "bob is typing…", "bob is typing")
+    field.send_keys("\b\b\b")
+    wait_for(alice, lambda d: typing_line(d) == "", "bob stopped typing")
+
+    # Seen by: Bob has the room open, so what Alice writes is read at once.
+    send(alice, "are you there?")
+    wait_for(alice, lambda d: seen_marks(d) == {1: "Seen by bob"}, "seen by bob")
+    # Bob types and sends: his message ends his typing, and is his read marker too.
+    field.send_keys("yes")
+    wait_for(alice, lambda d: typing_line(d) == "bob is typing…", "bob typing again")
+    bob.find_element(By.ID, "composer").submit()
+    wait_for(alice, lambda d: contents(d) == ["are you there?", "yes"] and typing_line(d) == "",
+             "bob's reply, and no more typing")
+
+    # Unread badges: Bob looks at another room while Alice writes.
+    token = _post_json(f"{demo_server}/demo/sign-in", {"userId": "carol"})["token"]
+    _post_json(f"{demo_server}/api/chat-rooms", {"name": "team", "memberIds": ["bob"]}, token)
+    wait_for(bob, lambda d: badge(d, "team") is not None, "bob told of the team room")
+    open_room(bob, "team")
+    for text in ("one", "two"):
+        send(alice, text)
+    wait_for(bob, lambda d: badge(d, "alice") == "2", "bob's badge counts alice's two")
+
+    # Bob's phone: 390 px wide, one pane at a time; the badge comes from the server.
+    phone = open_page(demo_server)
+    phone.set_window_size(PHONE_WIDTH, 844)
+    assert phone.execute_script("return window.innerWidth") <= PHONE_WIDTH
+    sign_in(phone, "bob")
+    wait_for(phone, lambda d: badge(d, "alice") == "2", "the phone's badge, from the server")
+    assert phone.find_element(By.ID, "room-list").is_displayed()
+    assert not phone.find_element(By.ID, "composer").is_displayed()
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert phone.save_screenshot(str(ARTIFACTS / "roomstate-phone-rooms.png"))
+
+    # Reading on the phone clears the badge on every device, and Alice sees it read.
+    open_room(phone, "alice")
+    wait_for(phone, lambda d: contents(d) == ["are you there?", "yes", "one", "two"],
+             "the conversation on the phone")
+    assert not phone.find_element(By.ID, "room-list").is_displayed()
+    wait_for(bob, lambda d: badge(d, "alice") == "", "the desktop's badge cleared")
+    wait_for(phone, lambda d: badge(d, "alice") == "", "the phone's badge cleared")
+    wait_for(alice, lambda d: seen_marks(d) == {4: "Seen by bob"}, "seen by bob, moved on")
+    phone.find_element(By.ID, "composer-input").send_keys("typing on my phone, a long line "
+                                                          "that has to wrap on a narrow screen")
+    wait_for(alice, lambda d: typing_line(d) == "bob is typing…", "bob typing on the phone")
+    assert alice.save_screenshot(str(ARTIFACTS / "roomstate-desktop.png"))
+    phone.find_element(By.ID, "composer").submit()
+    wait_for(alice, lambda d: len(contents(d)) == 5 and typing_line(d) == "", "the phone's reply")
+    wait_for(phone, lambda d: len(contents(d)) == 5 and seen_marks(d) == {5: "Seen by alice"},
+             "the phone shows its reply, seen by alice")
+    alice.find_element(By.ID, "composer-input").send_keys("ok")
+    wait_for(phone, lambda d: typing_line(d) == "alice is typing…", "alice typing, on the phone")
+    assert layout_problems(phone) == []
+    assert phone.save_screenshot(str(ARTIFACTS / "roomstate-phone.png"))
+    # Back to the list on the phone.
+    phone.find_element(By.ID, "back").click()
+    wait_for(phone, lambda d: d.find_element(By.ID, "room-list").is_displayed(), "the list")
+
+    # Bob signs out everywhere: his dot goes grey on Alice's page.
+    for device in (bob, phone):
+        device.find_element(By.ID, "sign-out").click()
+    wait_for(alice, lambda d: not is_online(d, "bob"), "bob offline")

@@ -132,7 +132,8 @@ class GatedChat(ChatService):
     """The membership check waits at a gate: the test publishes while a SUBSCRIBE is in it."""
 
     def __init__(self, inner: Services) -> None:
-        super().__init__(inner.store, inner.broker, inner.metrics, inner.fanout.deliver)
+        super().__init__(inner.store, inner.broker, inner.metrics, inner.fanout.deliver,
+                         inner.chat.room_state)
         self.entered = asyncio.Event()
         self.gate = asyncio.Event()
 

@@ -93,7 +93,8 @@ class ExplodingChat(ChatService):
 def exploding(failure: type[Exception]) -> object:
     def compose(_app: web.Application, services: Services) -> Services:
         chat = ExplodingChat(
-            services.store, services.broker, services.metrics, services.fanout.deliver
+            services.store, services.broker, services.metrics, services.fanout.deliver,
+            services.chat.room_state,
         )
         chat.failure = failure
         return replace(services, chat=chat)
@@ -160,7 +161,8 @@ async def test_database_failure_on_subscribe_is_try_again_later_not_internal_err
 ) -> None:
     def compose(_app: web.Application, services: Services) -> Services:
         return replace(services, chat=UnreachableStoreChat(
-            services.store, services.broker, services.metrics, services.fanout.deliver
+            services.store, services.broker, services.metrics, services.fanout.deliver,
+            services.chat.room_state,
         ))
 
     server = await make_server(compose=compose)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
 from chat_server.broker.memory import MemoryBroker
@@ -11,6 +13,7 @@ from chat_server.metrics import Metrics
 from chat_server.models import RoomId, UserId
 from chat_server.outbox import Outbox
 from chat_server.outlet import Outlet
+from chat_server.room_state import RoomState
 from chat_server.stomp.connection import Limits, StompConnection
 from chat_server.stomp.frames import Command, Frame, Version
 from chat_server.stomp.parser import FrameParser, ParserLimits
@@ -51,5 +54,14 @@ async def room(store: SqlStore) -> RoomId:
 
 
 @pytest.fixture
-def chat(store: SqlStore, fanout: Fanout, metrics: Metrics) -> ChatService:
-    return ChatService(store, MemoryBroker(), metrics, fanout.deliver)
+async def room_state(store: SqlStore, metrics: Metrics) -> AsyncIterator[RoomState]:
+    state = RoomState(MemoryBroker(), store, metrics)
+    yield state
+    await state.close()
+
+
+@pytest.fixture
+def chat(
+    store: SqlStore, fanout: Fanout, metrics: Metrics, room_state: RoomState
+) -> ChatService:
+    return ChatService(store, MemoryBroker(), metrics, fanout.deliver, room_state)

@@ -25,7 +25,9 @@ from tests.session.conftest import ALICE, BOB, MALLORY, frame, written
 def registry(
     outlet: Outlet, chat: ChatService, fanout: Fanout, metrics: Metrics
 ) -> SubscriptionRegistry:
-    return SubscriptionRegistry(outlet.conn, outlet, fanout, chat.may_read, metrics)
+    return SubscriptionRegistry(
+        outlet.conn, outlet, fanout, chat.may_read, metrics, chat.room_state
+    )
 
 
 def pipeline_of(

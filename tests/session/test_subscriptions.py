@@ -20,7 +20,9 @@ from tests.session.conftest import ALICE, MALLORY, frame, written
 def registry(
     outlet: Outlet, chat: ChatService, fanout: Fanout, metrics: Metrics
 ) -> SubscriptionRegistry:
-    return SubscriptionRegistry(outlet.conn, outlet, fanout, chat.may_read, metrics)
+    return SubscriptionRegistry(
+        outlet.conn, outlet, fanout, chat.may_read, metrics, chat.room_state
+    )
 
 
 def subscribe_frame(destination: str, sub_id: str, *extra: tuple[str, str]) -> Frame:

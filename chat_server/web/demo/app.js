@@ -9,6 +9,14 @@
 //   drops are sent again after the reconnect with the same clientMessageId (the server stores a
 //   retried clientMessageId once).
 // Everything from the server is rendered with textContent, never as HTML.
+//
+// Room state: the open room's events (/queue/chat-rooms/{id}/events) give who is online (a dot
+// by each member), who is typing, and every member's read marker ("seen by bob" under the last
+// message bob read). Unread badges start from the server's unreadCount and clear on every device
+// at once: reading sends /app/read, and the server tells the user's other connections.
+//
+// Narrow screens (phones) show one pane at a time: the room list, or the open room with a way
+// back to the list.
 "use strict";
 
 (function () {
@@ -17,6 +25,9 @@
   const BACKOFF_FIRST_MS = 500;
   const BACKOFF_MAX_MS = 15000;
   const STORAGE_KEY = "chat-demo-session";
+  // While keys keep coming, "typing" is said again this often (the server forgets it after 5 s).
+  const TYPING_REFRESH_MS = 3000;
+  const NARROW = window.matchMedia("(max-width: 700px)");
 
   const $ = (id) => document.getElementById(id);
 
@@ -32,6 +43,7 @@
     rooms: new Map(), // room id -> RoomState
     currentRoomId: null,
     pending: new Map(), // clientMessageId -> {roomId, content, receipted, conn, element}
+    typingSent: null, // {roomId, at} while this page has told the server we are typing
   };
 
   // ---- small helpers -------------------------------------------------------------------------
@@ -126,7 +138,8 @@
     $("message-list").replaceChildren();
     $("pending-list").replaceChildren();
     $("room-title").textContent = "Pick a room";
-    $("room-members").textContent = "";
+    $("room-members").replaceChildren();
+    $("typing").textContent = "";
     $("chat-view").hidden = true;
     $("session").hidden = true;
     $("signin-view").hidden = false;
@@ -174,6 +187,7 @@
         if (room.loaded) subscribeRoom(room);
         else if (!room.loading) loadLatest(room);
       }
+      watchCurrentRoom();
       flushPending();
     });
   }
@@ -181,7 +195,14 @@
   function onClosed(conn, reason) {
     if (state.conn !== conn) return;
     state.conn = null;
-    for (const room of state.rooms.values()) room.subscription = null;
+    state.typingSent = null;
+    for (const room of state.rooms.values()) {
+      room.subscription = null;
+      room.events = null;
+      room.online.clear(); // who is online is unknown while we are not
+      room.typing.clear();
+    }
+    renderRoomState();
     for (const pending of state.pending.values()) pending.conn = null;
     if (!state.token) return;
     scheduleReconnect(reason);
@@ -223,7 +244,7 @@
       if (!listed.has(roomId) && room.addedAt < started) removeRoom(roomId);
     }
     for (const room of result.data.rooms) addRoom(room);
-    if (state.currentRoomId === null && result.data.rooms.length > 0) {
+    if (state.currentRoomId === null && result.data.rooms.length > 0 && !NARROW.matches) {
       selectRoom(result.data.rooms[0].id);
     }
   }
@@ -232,6 +253,10 @@
     const existing = state.rooms.get(room.id);
     if (existing) {
       existing.room = room;
+      // The server counts what this page may not have loaded; it is the record.
+      existing.lastReadSeq = Math.max(existing.lastReadSeq, room.lastReadSeq || 0);
+      existing.unread = room.unreadCount || 0;
+      if (isReading(existing)) markRead(existing);
       renderRoomList();
       return existing;
     }
@@ -246,7 +271,12 @@
       loading: false,
       loadingOlder: false,
       subscription: null,
-      unread: 0,
+      unread: room.unreadCount || 0, // from the server; counted here while live
+      lastReadSeq: room.lastReadSeq || 0, // this user's read marker
+      events: null, // the events subscription, while the room is open
+      online: new Set(),
+      typing: new Set(),
+      reads: new Map(), // member -> last seq they read
     };
     state.rooms.set(room.id, roomState);
     renderRoomList();
@@ -258,6 +288,7 @@
     const room = state.rooms.get(roomId);
     if (!room) return;
     if (room.subscription && state.conn) state.conn.unsubscribe(room.subscription);
+    if (room.events && state.conn) state.conn.unsubscribe(room.events);
     state.rooms.delete(roomId);
     if (state.currentRoomId === roomId) {
       state.currentRoomId = null;
@@ -283,6 +314,7 @@
     for (const message of messages) accept(room, message, false);
     room.loaded = true;
     subscribeRoom(room);
+    if (isReading(room)) markRead(room);
     if (state.currentRoomId === room.room.id) renderConversation();
   }
 
@@ -310,12 +342,128 @@
       room.lastSeq = message.seq;
       room.room.lastActivityAt = message.createdAt;
     }
+    // Whoever sends a message has read the room up to it (the server moved their marker).
+    noteRead(room, message.senderId, message.seq);
+    if (message.senderId === state.userId) {
+      room.lastReadSeq = Math.max(room.lastReadSeq, message.seq);
+    } else if (live) {
+      room.typing.delete(message.senderId); // the server says so too, a moment later
+      if (isReading(room)) markRead(room);
+      else if (message.seq > room.lastReadSeq) room.unread += 1;
+    }
     if (state.currentRoomId === room.room.id) {
       insertMessage(message);
-    } else if (live && message.senderId !== state.userId) {
-      room.unread += 1;
+      renderRoomState();
     }
     if (live) renderRoomList();
+  }
+
+  // ---- room state: presence, typing, read markers --------------------------------------------
+
+  // The open room is being read while its conversation is on screen and the page is visible.
+  function isReading(room) {
+    return state.currentRoomId === room.room.id && !document.hidden && room.loaded;
+  }
+
+  function noteRead(room, userId, seq) {
+    if (seq > (room.reads.get(userId) || 0)) room.reads.set(userId, seq);
+  }
+
+  // Tell the server this user has read the room to its end: every device's badge clears.
+  function markRead(room) {
+    room.unread = 0;
+    const seq = room.lastSeq;
+    if (seq <= room.lastReadSeq) return;
+    room.lastReadSeq = seq;
+    const body = JSON.stringify({ chatRoomId: room.room.id, seq });
+    if (state.conn && state.conn.connected) {
+      state.conn.send("/app/read", {}, body, () => {});
+    } else {
+      api("POST", `/api/chat-rooms/${room.room.id}/read`, { seq }).catch(() => {});
+    }
+  }
+
+  // Another device of ours read a room: its badge here follows.
+  function onReadElsewhere(roomId, seq) {
+    const room = state.rooms.get(roomId);
+    if (!room || seq <= room.lastReadSeq) return;
+    room.lastReadSeq = seq;
+    if (seq >= room.lastSeq) {
+      room.unread = 0;
+    } else if (room.oldestSeq !== null && room.oldestSeq <= seq + 1) {
+      room.unread = [...room.messages.values()]
+        .filter((m) => m.seq > seq && m.senderId !== state.userId).length;
+    } else {
+      refreshRooms(); // not all of it is loaded here: ask the server for the count
+    }
+    renderRoomList();
+  }
+
+  function watchCurrentRoom() {
+    const room = state.rooms.get(state.currentRoomId);
+    const conn = state.conn;
+    if (!room || room.events || !conn || !conn.connected) return;
+    room.events = conn.subscribe(`/queue/chat-rooms/${room.room.id}/events`, {},
+      (frame) => onRoomEvent(room, JSON.parse(frame.body)));
+  }
+
+  function unwatchRoom(room) {
+    if (!room || !room.events) return;
+    if (state.conn) state.conn.unsubscribe(room.events);
+    room.events = null;
+    room.online.clear();
+    room.typing.clear();
+  }
+
+  function onRoomEvent(room, event) {
+    switch (event.type) {
+      case "state":
+        room.online = new Set(event.online);
+        room.typing = new Set(event.typing);
+        for (const [userId, seq] of Object.entries(event.reads)) noteRead(room, userId, seq);
+        break;
+      case "join":
+        room.online.add(event.userId);
+        break;
+      case "leave":
+        room.online.delete(event.userId);
+        room.typing.delete(event.userId);
+        break;
+      case "typing":
+        if (event.typing) room.typing.add(event.userId);
+        else room.typing.delete(event.userId);
+        break;
+      case "read":
+        noteRead(room, event.userId, event.seq);
+        break;
+      default:
+        return;
+    }
+    if (state.currentRoomId === room.room.id) renderRoomState();
+  }
+
+  // What this page tells the server about its user's typing (the server rate-limits it anyway).
+  function typingChanged() {
+    const conn = state.conn;
+    const roomId = state.currentRoomId;
+    if (!conn || !conn.connected || roomId === null) return;
+    const typing = $("composer-input").value.trim() !== "";
+    const sent = state.typingSent;
+    if (typing && sent && sent.roomId === roomId && Date.now() - sent.at < TYPING_REFRESH_MS) return;
+    if (!typing && !sent) return;
+    if (sent && sent.roomId !== roomId) sendTyping(sent.roomId, false);
+    sendTyping(roomId, typing);
+    state.typingSent = typing ? { roomId, at: Date.now() } : null;
+  }
+
+  function stopTyping() {
+    const sent = state.typingSent;
+    state.typingSent = null;
+    if (sent && state.conn && state.conn.connected) sendTyping(sent.roomId, false);
+  }
+
+  function sendTyping(roomId, typing) {
+    state.conn.send("/app/typing", {}, JSON.stringify({ chatRoomId: roomId, typing }), () => {});
   }
 
   function onNotification(event) {
@@ -325,6 +473,8 @@
       if (!known) toast(`You were added to ${roomLabel(event.room)}`);
     } else if (event.type === "room_removed") {
       removeRoom(event.roomId);
+    } else if (event.type === "read") {
+      onReadElsewhere(event.roomId, event.seq);
     }
   }
 
@@ -395,6 +545,7 @@
   // ---- sending -------------------------------------------------------------------------------
 
   function sendMessage(content) {
+    state.typingSent = null; // storing the message ends our typing, on the server's side
     const roomId = state.currentRoomId;
     const clientMessageId = randomId();
     const pending = { roomId, content, receipted: false, conn: null, element: null };
@@ -435,7 +586,11 @@
       const kind = room.room.kind === "group" ? `group · ${room.room.memberIds.length} members` : "direct";
       text.append(el("div", "room-kind", kind));
       item.append(text);
-      if (room.unread > 0) item.append(el("span", "unread", String(room.unread)));
+      if (room.unread > 0) {
+        const badge = el("span", "unread", String(room.unread));
+        badge.title = `${room.unread} unread`;
+        item.append(badge);
+      }
       item.addEventListener("click", () => selectRoom(room.room.id));
       return item;
     }));
@@ -445,11 +600,25 @@
   function selectRoom(roomId) {
     const room = state.rooms.get(roomId);
     if (!room) return;
+    if (state.currentRoomId !== roomId) {
+      stopTyping();
+      unwatchRoom(state.rooms.get(state.currentRoomId));
+    }
     state.currentRoomId = roomId;
-    room.unread = 0;
+    watchCurrentRoom();
+    if (room.loaded) markRead(room);
     renderRoomList();
     renderConversation();
-    $("composer-input").focus();
+    if (!NARROW.matches) $("composer-input").focus();
+  }
+
+  // Phones: back from the open room to the list (the room is no longer being read).
+  function leaveRoom() {
+    stopTyping();
+    unwatchRoom(state.rooms.get(state.currentRoomId));
+    state.currentRoomId = null;
+    renderRoomList();
+    renderConversation();
   }
 
   function setComposerEnabled(enabled) {
@@ -459,17 +628,18 @@
 
   function renderConversation() {
     const room = state.rooms.get(state.currentRoomId);
+    $("chat-view").classList.toggle("in-room", Boolean(room));
     $("message-list").replaceChildren();
     $("pending-list").replaceChildren();
     if (!room) {
       $("room-title").textContent = "Pick a room";
-      $("room-members").textContent = "";
+      $("room-members").replaceChildren();
+      $("typing").textContent = "";
       $("history-status").textContent = "";
       setComposerEnabled(false);
       return;
     }
     $("room-title").textContent = roomLabel(room.room);
-    $("room-members").textContent = "members: " + room.room.memberIds.join(", ");
     const seqs = [...room.messages.keys()].sort((a, b) => a - b);
     $("message-list").append(...seqs.map((seq) => messageElement(room.messages.get(seq))));
     for (const pending of state.pending.values()) {
@@ -477,8 +647,51 @@
     }
     setComposerEnabled(true);
     renderHistoryStatus();
+    renderRoomState();
     scrollToBottom();
     fillViewport();
+  }
+
+  // Members with their online dots, who is typing, and "seen by" marks: the open room's state.
+  function renderRoomState() {
+    const room = state.rooms.get(state.currentRoomId);
+    if (!room) return;
+    $("room-members").replaceChildren(...room.room.memberIds.map((userId) => {
+      const online = room.online.has(userId);
+      const member = el("span", online ? "member online" : "member");
+      member.dataset.user = userId;
+      member.title = online ? `${userId} is online` : `${userId} is offline`;
+      member.append(el("span", "dot"), el("span", "member-name", userId));
+      return member;
+    }));
+    const typists = [...room.typing].filter((userId) => userId !== state.userId).sort();
+    $("typing").textContent = typists.length === 0 ? ""
+      : typists.length === 1 ? `${typists[0]} is typing…`
+      : `${typists.slice(0, -1).join(", ")} and ${typists[typists.length - 1]} are typing…`;
+    renderSeen(room);
+  }
+
+  // "Seen by bob" under the last message bob read that someone else wrote.
+  function renderSeen(room) {
+    const list = $("message-list");
+    for (const mark of list.querySelectorAll(".seen")) mark.remove();
+    const readersBySeq = new Map();
+    const seqs = [...room.messages.keys()].sort((a, b) => a - b);
+    for (const [userId, marker] of room.reads) {
+      if (userId === state.userId || marker <= 0) continue;
+      let target = null;
+      for (const seq of seqs) {
+        if (seq > marker) break;
+        if (room.messages.get(seq).senderId !== userId) target = seq;
+      }
+      if (target === null) continue;
+      if (!readersBySeq.has(target)) readersBySeq.set(target, []);
+      readersBySeq.get(target).push(userId);
+    }
+    for (const [seq, readers] of readersBySeq) {
+      const item = list.querySelector(`.message[data-seq="${seq}"]`);
+      if (item) item.append(el("div", "seen", "Seen by " + readers.sort().join(", ")));
+    }
   }
 
   function renderHistoryStatus() {
@@ -582,6 +795,13 @@
   });
 
   $("sign-out").addEventListener("click", () => signOut(""));
+  $("back").addEventListener("click", leaveRoom);
+  $("composer-input").addEventListener("input", typingChanged);
+  $("composer-input").addEventListener("blur", stopTyping);
+  document.addEventListener("visibilitychange", () => {
+    const room = state.rooms.get(state.currentRoomId);
+    if (room && isReading(room)) markRead(room);
+  });
   $("messages").addEventListener("scroll", () => {
     const room = state.rooms.get(state.currentRoomId);
     if (room && $("messages").scrollTop < 60) loadOlder(room).catch(() => {});
@@ -601,6 +821,7 @@
         connects: state.connects,
         pending: state.pending.size,
         lastSeq: Object.fromEntries([...state.rooms].map(([id, room]) => [id, room.lastSeq])),
+        unread: Object.fromEntries([...state.rooms].map(([id, room]) => [id, room.unread])),
       };
     },
   };
