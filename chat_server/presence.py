@@ -9,6 +9,7 @@ worker announces again, says goodbye, or falls silent (see `Presence.expire`).
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -43,6 +44,37 @@ class _Announced:
     heard_at: float
 
 
+class _Room:
+    """One watched room; small on purpose: an idle worker holds one per room its sockets watch.
+    Who is online is not stored: it is the local users and the announced ones, whose changes
+    are worked out as they happen."""
+
+    __slots__ = ("local", "remote")
+
+    def __init__(self) -> None:
+        #: This worker's connections (subscriptions to the room or its events): their users,
+        #: sorted, once per connection. A tuple, not a dict of counts: most rooms have one or
+        #: two here, and a tuple of one is a quarter of the smallest dict.
+        self.local: tuple[UserId, ...] = ()
+        #: Other workers' announced users (created at the first).
+        self.remote: dict[str, _Announced] | None = None
+
+    def count(self, user: UserId) -> int:
+        """This worker's connections of `user` in the room."""
+        at = bisect_left(self.local, user)
+        return bisect_right(self.local, user, lo=at) - at
+
+    def online(self) -> set[UserId]:
+        online = set(self.local)
+        for entry in (self.remote or {}).values():
+            online |= entry.users
+        return online
+
+    def elsewhere(self, user: UserId) -> bool:
+        """Another worker announced `user` here."""
+        return any(user in entry.users for entry in (self.remote or {}).values())
+
+
 class Presence:
     """This worker's view of who is online in the rooms it watches."""
 
@@ -51,65 +83,72 @@ class Presence:
             raise ValueError("the presence TTL must be positive")
         self.worker_id = worker_id
         self.ttl_s = ttl_s
-        self._watched: set[RoomId] = set()
-        #: This worker's connections per room and user (subscriptions to the room or its
-        #: events; a user is counted while above zero).
-        self._local: dict[RoomId, Counter[UserId]] = {}
+        self._rooms: dict[RoomId, _Room] = {}
         #: Rooms in which each user has local connections, for the online-users gauge.
         self._local_rooms: Counter[UserId] = Counter()
-        self._remote: dict[RoomId, dict[str, _Announced]] = {}
         #: Other workers, by when they were last heard from.
         self._workers: dict[str, float] = {}
-        #: What each watched room's subscribers were last told.
-        self._online: dict[RoomId, frozenset[UserId]] = {}
 
     # --- rooms --------------------------------------------------------------------------------
 
     def watch(self, room_id: RoomId) -> None:
         """Track the room (its other workers' announcements are kept from now on)."""
-        self._watched.add(room_id)
-        self._online.setdefault(room_id, self._compute(room_id))
+        self._rooms.setdefault(room_id, _Room())
 
     def unwatch(self, room_id: RoomId) -> None:
         """Stop tracking the room: nobody here watches it any more (no changes to report)."""
-        self._watched.discard(room_id)
-        self._remote.pop(room_id, None)
-        self._online.pop(room_id, None)
+        room = self._rooms.pop(room_id, None)
+        if room is None:
+            return
+        for user in set(room.local):
+            self._local_rooms[user] -= 1
+            if self._local_rooms[user] <= 0:
+                del self._local_rooms[user]
 
     def watched(self, room_id: RoomId) -> bool:
-        return room_id in self._watched
+        return room_id in self._rooms
 
     def online(self, room_id: RoomId) -> frozenset[UserId]:
-        return self._online.get(room_id, frozenset())
+        room = self._rooms.get(room_id)
+        return frozenset(room.online()) if room is not None else frozenset()
 
     # --- this worker's connections --------------------------------------------------------------
 
     def enter(self, room_id: RoomId, user: UserId) -> list[PresenceChange]:
-        """One more local connection of `user` is in the room."""
-        counts = self._local.setdefault(room_id, Counter())
-        counts[user] += 1
-        if counts[user] == 1:
-            self._local_rooms[user] += 1
-        return self._update(room_id)
+        """One more local connection of `user` is in the watched room."""
+        room = self._rooms.get(room_id)
+        if room is None:
+            return []
+        at = bisect_right(room.local, user)
+        room.local = (*room.local[:at], user, *room.local[at:])
+        if room.count(user) > 1:
+            return []
+        self._local_rooms[user] += 1
+        return [] if room.elsewhere(user) else [PresenceChange(room_id, user, True)]
 
     def leave(self, room_id: RoomId, user: UserId) -> list[PresenceChange]:
         """One local connection of `user` left the room (unsubscribed, or closed)."""
-        counts = self._local.get(room_id)
-        if counts is None or counts[user] <= 0:
+        room = self._rooms.get(room_id)
+        if room is None or room.count(user) == 0:
             return []
-        counts[user] -= 1
-        if counts[user] == 0:
-            del counts[user]
-            self._local_rooms[user] -= 1
-            if self._local_rooms[user] <= 0:
-                del self._local_rooms[user]
-            if not counts:
-                del self._local[room_id]
-        return self._update(room_id)
+        at = bisect_left(room.local, user)
+        room.local = room.local[:at] + room.local[at + 1 :]
+        if room.count(user) > 0:
+            return []
+        self._local_rooms[user] -= 1
+        if self._local_rooms[user] <= 0:
+            del self._local_rooms[user]
+        return [] if room.elsewhere(user) else [PresenceChange(room_id, user, False)]
 
-    def local_users(self, room_id: RoomId) -> frozenset[UserId]:
-        """What this worker announces for the room."""
-        return frozenset(self._local.get(room_id, ()))
+    def is_local(self, room_id: RoomId, user: UserId) -> bool:
+        """`user` has a connection here in the room."""
+        room = self._rooms.get(room_id)
+        return room is not None and room.count(user) > 0
+
+    def local_users(self, room_id: RoomId) -> tuple[UserId, ...]:
+        """What this worker announces for the room, sorted."""
+        room = self._rooms.get(room_id)
+        return tuple(dict.fromkeys(room.local)) if room is not None else ()
 
     @property
     def local_user_count(self) -> int:
@@ -134,31 +173,32 @@ class Presence:
         if worker == self.worker_id:
             return []
         self.heard_from(worker, now)
-        if room_id not in self._watched:
+        room = self._rooms.get(room_id)
+        if room is None:
             return []
-        entries = self._remote.setdefault(room_id, {})
+        entries = room.remote or {}
         previous = entries.get(worker)
         if previous is not None and number < previous.number:
             return []  # overtaken by a newer announcement
+        before = room.online()
         members = frozenset(users)
         if members:
             entries[worker] = _Announced(members, number, now)
         else:
             entries.pop(worker, None)
-            if not entries:
-                del self._remote[room_id]
-        return self._update(room_id)
+        room.remote = entries or None
+        return _changes(room_id, before, room.online())
 
     def worker_gone(self, worker: str) -> list[PresenceChange]:
         """`worker` stopped (it said goodbye, or fell silent): its users leave its rooms."""
         self._workers.pop(worker, None)
         changes: list[PresenceChange] = []
-        for room_id in [room for room, entries in self._remote.items() if worker in entries]:
-            entries = self._remote[room_id]
-            del entries[worker]
-            if not entries:
-                del self._remote[room_id]
-            changes += self._update(room_id)
+        for room_id, room in self._rooms.items():
+            if room.remote is not None and worker in room.remote:
+                before = room.online()
+                del room.remote[worker]
+                room.remote = room.remote or None
+                changes += _changes(room_id, before, room.online())
         return changes
 
     def expire(self, now: float) -> list[PresenceChange]:
@@ -169,15 +209,17 @@ class Presence:
         for worker in [w for w, heard in self._workers.items() if now - heard > silence]:
             changes += self.worker_gone(worker)
         stale = STALE_TTLS * self.ttl_s
-        for room_id in list(self._remote):
-            entries = self._remote[room_id]
-            old = [w for w, entry in entries.items() if now - entry.heard_at > stale]
+        for room_id, room in self._rooms.items():
+            if room.remote is None:
+                continue
+            old = [w for w, entry in room.remote.items() if now - entry.heard_at > stale]
+            if not old:
+                continue
+            before = room.online()
             for worker in old:
-                del entries[worker]
-            if not entries:
-                del self._remote[room_id]
-            if old:
-                changes += self._update(room_id)
+                del room.remote[worker]
+            room.remote = room.remote or None
+            changes += _changes(room_id, before, room.online())
         return changes
 
     def live_workers(self) -> frozenset[str]:
@@ -186,25 +228,11 @@ class Presence:
 
     def shared_rooms(self) -> list[RoomId]:
         """Watched rooms in which other workers have users as well as this one."""
-        return [room for room in self._remote if room in self._local]
+        return [room_id for room_id, room in self._rooms.items() if room.remote and room.local]
 
-    # --- the merged view ----------------------------------------------------------------------
 
-    def _compute(self, room_id: RoomId) -> frozenset[UserId]:
-        online = set(self._local.get(room_id, ()))
-        for entry in self._remote.get(room_id, {}).values():
-            online |= entry.users
-        return frozenset(online)
-
-    def _update(self, room_id: RoomId) -> list[PresenceChange]:
-        if room_id not in self._watched:
-            return []
-        before = self._online.get(room_id, frozenset())
-        after = self._compute(room_id)
-        if after == before:
-            return []
-        self._online[room_id] = after
-        # Leaves first, then joins, each by user id: the same order on every worker.
-        return [PresenceChange(room_id, user, False) for user in sorted(before - after)] + [
-            PresenceChange(room_id, user, True) for user in sorted(after - before)
-        ]
+def _changes(room_id: RoomId, before: set[UserId], after: set[UserId]) -> list[PresenceChange]:
+    """Leaves first, then joins, each by user id: the same order on every worker."""
+    return [PresenceChange(room_id, user, False) for user in sorted(before - after)] + [
+        PresenceChange(room_id, user, True) for user in sorted(after - before)
+    ]

@@ -26,6 +26,8 @@ Refuse = Callable[[Frame, ChatError], None]
 
 
 class RoomSignals:
+    __slots__ = ("_chat", "_member_of", "_outlet", "_refuse", "_subscriptions")
+
     def __init__(
         self,
         *,
@@ -39,8 +41,8 @@ class RoomSignals:
         self._subscriptions = subscriptions
         self._refuse = refuse
         #: Rooms this connection was found a member of (typing SENDs do not ask the database
-        #: each time); forgotten when the user is removed from one.
-        self._member_of: dict[RoomId, None] = {}
+        #: each time); forgotten when the user is removed from one. Made at the first.
+        self._member_of: dict[RoomId, None] | None = None
 
     async def send(self, frame: Frame, user: UserId, *, receipt: bool = True) -> None:
         """Handle one SEND to a room-signal destination, in frame order; `receipt=False` for
@@ -57,7 +59,8 @@ class RoomSignals:
             self._outlet.receipt(frame)
 
     def room_removed(self, room_id: RoomId) -> None:
-        self._member_of.pop(room_id, None)
+        if self._member_of is not None:
+            self._member_of.pop(room_id, None)
 
     async def _typing(self, frame: Frame, user: UserId) -> None:
         signal = typing_signal(frame)
@@ -69,10 +72,15 @@ class RoomSignals:
         await self._chat.mark_read(user, request.room_id, request.seq)
 
     async def _require_member(self, user: UserId, room_id: RoomId) -> None:
-        if room_id in self._member_of or self._subscriptions.watches(room_id):
+        remembered = self._member_of
+        if (remembered is not None and room_id in remembered) or self._subscriptions.watches(
+            room_id
+        ):
             return
         if not await self._chat.may_read(user, room_id):
             raise NotAMember("not a member of this room", {"roomId": room_id})
+        if self._member_of is None:
+            self._member_of = {}
         self._member_of[room_id] = None
         while len(self._member_of) > MEMBERSHIPS_REMEMBERED:
             del self._member_of[next(iter(self._member_of))]

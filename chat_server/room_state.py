@@ -75,25 +75,48 @@ class EventTap:
 
 
 @dataclass(slots=True, eq=False)
+class _Opening:
+    """A room until every live worker answered this worker's ask (or the wait ran out)."""
+
+    #: Who has not answered yet.
+    awaiting: set[str] = field(default_factory=set)
+    #: What snapshots wait on (made only for them).
+    waiters: asyncio.Future[None] | None = None
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(slots=True, eq=False)
 class _Room:
+    """A room this worker watches; kept small (an idle worker holds one per watched room)."""
+
     room_id: RoomId
-    #: Done once every live worker answered this worker's ask (or the wait ran out).
-    ready: asyncio.Future[None]
     #: Local reasons to watch: connections subscribed to the room or its events, REST probes.
     holders: int = 0
-    taps: list[EventTap] = field(default_factory=list)
-    #: Workers whose answer to the ask has not come yet.
-    awaiting: set[str] = field(default_factory=set)
-    timer: asyncio.TimerHandle | None = None
+    opening: _Opening | None = field(default_factory=_Opening)
+    taps: list[EventTap] | None = None
+    #: The last announcement of this worker's users here named somebody.
+    announced: bool = False
     closed: bool = False
 
 
 def _settle(room: _Room) -> None:
-    if room.timer is not None:
-        room.timer.cancel()
-        room.timer = None
-    if not room.ready.done():
-        room.ready.set_result(None)
+    """The room's first state is complete (or will not be): release whoever waits for it."""
+    opening, room.opening = room.opening, None
+    if opening is None:
+        return
+    if opening.timer is not None:
+        opening.timer.cancel()
+    if opening.waiters is not None and not opening.waiters.done():
+        opening.waiters.set_result(None)
+
+
+async def _answered(room: _Room) -> None:
+    opening = room.opening
+    if opening is None:
+        return
+    if opening.waiters is None:
+        opening.waiters = asyncio.get_running_loop().create_future()
+    await asyncio.shield(opening.waiters)
 
 
 # --- what subscribers receive ------------------------------------------------------------------
@@ -142,8 +165,6 @@ class RoomState:
         self._rooms: dict[RoomId, _Room] = {}
         #: This worker's announcement counter (`n` of its `here`s).
         self._number = 0
-        #: What was last announced per room (non-empty sets only).
-        self._announced: dict[RoomId, frozenset[UserId]] = {}
         #: Rooms to announce on the next turn of the loop; True: even if unchanged (an answer).
         self._dirty: dict[RoomId, bool] = {}
         self._flush_handle: asyncio.Handle | None = None
@@ -263,14 +284,15 @@ class RoomState:
         users = [UserId(str(user)) for user in message["users"]]
         changes = self._presence.announced(room_id, worker, int(message["n"]), users, now)
         room = self._rooms.get(room_id)
-        if room is not None and worker in room.awaiting:
+        opening = room.opening if room is not None else None
+        if room is not None and opening is not None and worker in opening.awaiting:
             # An answer to this worker's ask: it also says who is typing there already.
-            room.awaiting.discard(worker)
+            opening.awaiting.discard(worker)
             for typist in message.get("typing", ()):
                 if self._typists.started(room_id, UserId(str(typist)), now):
                     self._emit(room_id, typing_event(room_id, UserId(str(typist)), True))
             self._arm()
-            if not room.awaiting:
+            if not opening.awaiting:
                 _settle(room)
         self._apply(changes)
 
@@ -280,9 +302,11 @@ class RoomState:
         """A local connection of `user` subscribed to the room or its events (a member:
         the caller checked)."""
         self._hold(room_id)
+        first_here = not self._presence.is_local(room_id, user)
         changes = self._presence.enter(room_id, user)
-        self._metrics.online_users.set(self._presence.local_user_count)
-        self._announce(room_id)
+        if first_here:
+            self._metrics.online_users.set(self._presence.local_user_count)
+            self._announce(room_id)
         self._apply(changes)
 
     def exit(self, room_id: RoomId, user: UserId) -> None:
@@ -290,8 +314,9 @@ class RoomState:
         if room_id not in self._rooms:
             return
         changes = self._presence.leave(room_id, user)
-        self._metrics.online_users.set(self._presence.local_user_count)
-        self._announce(room_id)
+        if not self._presence.is_local(room_id, user):
+            self._metrics.online_users.set(self._presence.local_user_count)
+            self._announce(room_id)
         self._apply(changes)
         self._release(room_id)
 
@@ -300,7 +325,7 @@ class RoomState:
         it (`GET /api/chat-rooms/{id}/presence`)."""
         room = self._hold(room_id)
         try:
-            await asyncio.shield(room.ready)
+            await _answered(room)
             return sorted(self._presence.online(room_id))
         finally:
             self._release(room_id)
@@ -317,8 +342,7 @@ class RoomState:
     def _hold(self, room_id: RoomId) -> _Room:
         room = self._rooms.get(room_id)
         if room is None:
-            ready = asyncio.get_running_loop().create_future()
-            room = self._rooms[room_id] = _Room(room_id, ready)
+            room = self._rooms[room_id] = _Room(room_id)
             self._presence.watch(room_id)
             self._spawn(self._open(room))
         room.holders += 1
@@ -334,6 +358,8 @@ class RoomState:
         room.closed = True
         del self._rooms[room_id]
         _settle(room)
+        if room.announced:
+            self._announce(room_id, force=True)  # the others hear that nobody here is left
         self._presence.unwatch(room_id)
         self._typists.forget_room(room_id)
         self._spawn(self._topic_op(state_topic(room_id), self._broker.unsubscribe))
@@ -343,21 +369,25 @@ class RoomState:
         await self._topic_op(state_topic(room.room_id), self._broker.subscribe)
         if room.closed:
             return
+        opening = room.opening
+        if opening is None:
+            return
         if self._broker.state is BrokerState.CONNECTED:
-            room.awaiting = set(self._presence.live_workers())
+            opening.awaiting.update(self._presence.live_workers())
         self._send(WORKERS_TOPIC, self._ask([room.room_id]))
-        if not room.awaiting:
+        if not opening.awaiting:
             _settle(room)
-        elif not room.ready.done():
+        else:
             loop = asyncio.get_running_loop()
-            room.timer = loop.call_later(self._ask_timeout_s, _settle, room)
+            opening.timer = loop.call_later(self._ask_timeout_s, _settle, room)
 
     def _ask(self, rooms: Iterable[RoomId]) -> bytes:
         return codec.dumps({"k": "ask", "w": self.worker_id, "rooms": list(rooms)})
 
     def _announce(self, room_id: RoomId, *, force: bool = False) -> None:
         """Announce this worker's users in the room on the next turn of the loop (changes of
-        one turn go out as one set)."""
+        one turn go out as one set); `force` also for a room it no longer watches (an answer
+        to an ask, or the empty set of a room it let go)."""
         self._dirty[room_id] = force or self._dirty.get(room_id, False)
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
@@ -366,17 +396,16 @@ class RoomState:
         self._flush_handle = None
         dirty, self._dirty = self._dirty, {}
         for room_id, force in dirty.items():
-            users = self._presence.local_users(room_id)
-            if not force and users == self._announced.get(room_id, frozenset()):
+            room = self._rooms.get(room_id)
+            if room is None and not force:
                 continue
-            if users:
-                self._announced[room_id] = users
-            else:
-                self._announced.pop(room_id, None)
+            users = self._presence.local_users(room_id)
+            if room is not None:
+                room.announced = bool(users)
             self._number += 1
             here: dict[str, Any] = {
                 "k": "here", "w": self.worker_id, "n": self._number, "room": room_id,
-                "users": sorted(users),
+                "users": users,
             }
             if force:  # an answer: the asker learns who is typing there too
                 here["typing"] = self._typists.typing(room_id)
@@ -390,10 +419,12 @@ class RoomState:
         room = self._rooms.get(tap.room_id)
         if room is None:
             raise RuntimeError("attach() before enter()")
+        if room.taps is None:
+            room.taps = []
         room.taps.append(tap)
-        await asyncio.shield(room.ready)
+        await _answered(room)
         reads = await self._store.reads(tap.room_id)
-        if room.closed or tap not in room.taps:
+        if room.closed or room.taps is None or tap not in room.taps:
             return  # unsubscribed meanwhile
         for user, seq in tap.reads.items():
             reads[user] = max(reads.get(user, 0), seq)
@@ -409,12 +440,13 @@ class RoomState:
 
     def detach(self, tap: EventTap) -> None:
         room = self._rooms.get(tap.room_id)
-        if room is not None and tap in room.taps:
+        if room is not None and room.taps is not None and tap in room.taps:
             room.taps.remove(tap)
+            room.taps = room.taps or None
 
     def _emit(self, room_id: RoomId, body: bytes) -> None:
         room = self._rooms.get(room_id)
-        if room is None:
+        if room is None or room.taps is None:
             return
         for tap in list(room.taps):
             if not tap.live:
@@ -488,7 +520,7 @@ class RoomState:
 
     def _on_read(self, room_id: RoomId, user: UserId, seq: int) -> None:
         room = self._rooms.get(room_id)
-        if room is None:
+        if room is None or room.taps is None:
             return
         body = read_event(room_id, user, seq)
         for tap in list(room.taps):

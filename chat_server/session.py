@@ -56,9 +56,11 @@ class Session:
         "_auth_failed",
         "_budget",
         "_busy",
+        "_chat",
         "_fanout",
         "_metrics",
         "_settings",
+        "_signals",
         "_stopper",
         "_tokens",
         "_watching_user",
@@ -68,7 +70,6 @@ class Session:
         "outbox",
         "outlet",
         "sends",
-        "signals",
         "started",
         "subscriptions",
     )
@@ -112,10 +113,9 @@ class Session:
             metrics=metrics,
             max_pipelined=settings.max_pipelined_sends,
         )
-        self.signals = RoomSignals(
-            chat=chat, outlet=self.outlet, subscriptions=self.subscriptions,
-            refuse=self.sends.refuse,
-        )
+        self._chat = chat
+        #: Made at the first typing or read SEND (most connections never send one).
+        self._signals: RoomSignals | None = None
         self.identity: Identity | None = None
         #: True once the user counted against its connection cap (released on close).
         self.admitted = False
@@ -129,6 +129,16 @@ class Session:
     def log_context(self) -> dict[str, object]:
         """`extra=` for log records about this connection (never its token)."""
         return self.outlet.log_context
+
+    @property
+    def signals(self) -> RoomSignals:
+        """This connection's SENDs to /app/typing and /app/read."""
+        if self._signals is None:
+            self._signals = RoomSignals(
+                chat=self._chat, outlet=self.outlet, subscriptions=self.subscriptions,
+                refuse=self.sends.refuse,
+            )
+        return self._signals
 
     @property
     def user(self) -> UserId | None:
@@ -312,7 +322,8 @@ class Session:
         if event.kind is UserEventKind.ROOM_REMOVED:
             # Membership ended: end this connection's subscriptions to the room (A8).
             self.subscriptions.room_removed(event.room_id)
-            self.signals.room_removed(event.room_id)
+            if self._signals is not None:
+                self._signals.room_removed(event.room_id)
         notifications = self.subscriptions.notifications
         if notifications is not None:
             self.outlet.push(notifications, NOTIFICATIONS_DESTINATION, event.payload)

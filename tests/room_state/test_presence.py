@@ -114,9 +114,20 @@ def test_local_user_count_counts_people_not_rooms(presence: Presence) -> None:
     assert presence.local_user_count == 2
     presence.leave(OTHER_ROOM, ALICE)
     assert presence.local_user_count == 1
-    assert presence.local_users(ROOM) == {BOB}
+    assert presence.local_users(ROOM) == (BOB,)
 
 
 def test_ttl_must_be_positive() -> None:
     with pytest.raises(ValueError):
         Presence("w", ttl_s=0)
+
+
+def test_many_connections_of_many_users_are_counted_each(presence: Presence) -> None:
+    users = [UserId(f"user{n:03d}") for n in range(300)]
+    joins = [change for user in users * 2 for change in presence.enter(ROOM, user)]
+    assert joins == [join(user) for user in users]  # the first connection of each joins
+    assert presence.local_users(ROOM) == tuple(users)
+    assert presence.local_user_count == 300
+    leaves = [change for user in reversed(users * 2) for change in presence.leave(ROOM, user)]
+    assert leaves == [leave(user) for user in reversed(users)]  # the last one of each leaves
+    assert presence.online(ROOM) == set() and presence.local_user_count == 0

@@ -380,3 +380,35 @@ async def test_unread_counts_follow_own_and_others_messages_and_reads(
     await alice.receive()
     _, body = await rest(client, tokens, "alice", "GET", f"/api/chat-rooms/{room}")
     assert counts(body) == (5, 5, 0)
+
+
+async def test_metrics_count_online_users_typing_and_read_marker_writes(
+    client: Client, tokens: TokenAuthority, stomp: StompFactory
+) -> None:
+    room = await create_direct_room(client, tokens, "alice", "bob")
+    alice = await stomp("alice")
+    await say(alice, room, "one")
+    await watch(alice, room)
+    bob = await stomp("bob")
+    await watch(bob, room, "bob-events")
+    assert (await event(alice))["type"] == "join"
+    await typing(bob, room, True)
+    await typing(bob, room, True)
+    await read(bob, room, 1, receipt="r1")
+    await read(bob, room, 1, receipt="r2")
+    receipts: list[str | None] = []
+    while len(receipts) < 2:  # his own typing and read events come too
+        if (frame := await bob.receive()).command is Command.RECEIPT:
+            receipts.append(frame.get("receipt-id"))
+    assert receipts == ["r1", "r2"]
+    text = await (await client.get("/metrics")).text()
+    for sample in ('chat_online_users 2.0',
+                   'chat_typing_events_total{outcome="relayed"} 1.0',
+                   'chat_typing_events_total{outcome="absorbed"} 1.0',
+                   'chat_read_marker_writes_total{outcome="moved"} 1.0',
+                   'chat_read_marker_writes_total{outcome="unchanged"} 1.0'):
+        assert sample in text, sample
+    await bob.ws.close()
+    while (await event(alice))["type"] != "leave":
+        pass  # his typing, his read, the server's typing: false
+    assert "chat_online_users 1.0" in await (await client.get("/metrics")).text()
