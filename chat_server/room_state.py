@@ -16,7 +16,8 @@ What workers tell each other (JSON objects; `k` names the kind, `w` the sending 
 `state:{roomId}`, the workers watching the room:
   {"k": "here", "w": W, "n": 17, "room": 1, "users": ["alice"], "typing": ["bob"]}
         all of W's users in the room (a set that replaces W's previous one; `n` orders them):
-        on every change, in answer to an `ask`, and every TTL in rooms shared with other workers.
+        on every change, in answer to an `ask` (then with who W knows to be typing there), and
+        every TTL in rooms shared with other workers.
   {"k": "typing", "room": 1, "user": "bob", "typing": true}
         a typing signal that passed the one-per-second throttle of the worker it arrived at, or
         the server's `false` when bob's message was stored.
