@@ -28,6 +28,9 @@ _BETWEEN_FRAMES = re.compile(rb"(?:\r?\n|\x00)*")
 # Bytes that may sit inside a header line; LF ends it, CR must be followed by LF (F9), and a NUL
 # means a frame ended before its blank line (rejected at once instead of swallowing the next frame).
 _HEADER_TEXT = re.compile(rb"[^\n\r\x00]*")
+# A frame's command line and header block up to its blank line, for the whole-frame fast path:
+# header lines are non-empty, free of NUL, with CR only before their LF.
+_FRAME_HEAD = re.compile(rb"([A-Z]{1,11})\r?\n((?:[^\n\r\x00]+\r?\n)*)\r?\n")
 
 _COMMANDS: dict[bytes, Command] = {command.value.encode(): command for command in Command}
 # Every prefix of a valid command line (CR allowed before the LF), so that garbage such as an HTTP
@@ -88,10 +91,17 @@ class FrameParser:
     """
 
     def __init__(
-        self, limits: ParserLimits = ParserLimits(), version: Version = Version.V1_2
+        self,
+        limits: ParserLimits = ParserLimits(),
+        version: Version = Version.V1_2,
+        *,
+        whole_frames: bool = True,
     ) -> None:
         self.limits = limits
         self.version = version
+        #: Take a frame that is already complete in the buffer in one go (tests turn it off
+        #: to compare it with the byte-by-byte path).
+        self._whole_frames = whole_frames
         self.heartbeats = 0
         self._buf = bytearray()  # always starts at the line or body being read
         self._scan = 0  # how far into _buf the current search has already looked
@@ -184,6 +194,8 @@ class FrameParser:
         return True
 
     def _command_line(self) -> bool:
+        if self._whole_frames and self._whole_frame():
+            return True
         buf = self._buf
         eol = buf.find(b"\n", 0, 14)
         line = bytes(buf[: eol if eol >= 0 else 14])
@@ -200,6 +212,63 @@ class FrameParser:
         self._content_length = None
         self._consume(eol + 1)
         self._state = _State.HEADERS
+        return True
+
+    def _whole_frame(self) -> bool:
+        """Take a frame lying complete at the start of the buffer in one pass, and True; False
+        (nothing consumed) when it is incomplete or breaks any rule, for the incremental path
+        to handle. It accepts only frames that path accepts, with the same result, so every
+        error still comes from the one place that decides it at the right byte."""
+        buf, limits = self._buf, self.limits
+        head = _FRAME_HEAD.match(buf)
+        if head is None:
+            return False
+        command = _COMMANDS.get(head.group(1))
+        block = head.group(2)
+        raw_lines = block.split(b"\n")
+        raw_lines.pop()  # what follows the last LF: nothing
+        if (
+            command is None
+            or len(raw_lines) > limits.max_headers
+            # A trailing CR is counted here though the limit does not count it: too strict
+            # only means the incremental path decides.
+            or (raw_lines and max(map(len, raw_lines)) > limits.max_header_bytes)
+        ):
+            return False
+        try:
+            lines = block.decode("utf-8").split("\n")
+        except UnicodeDecodeError:
+            return False
+        lines.pop()
+        headers: list[tuple[str, str]] = []
+        length: int | None = None
+        for line in lines:
+            name, colon, value = (line[:-1] if line.endswith("\r") else line).partition(":")
+            if not (colon and name):
+                return False
+            if name == _CONTENT_LENGTH and length is None:  # the first one frames the body
+                if not (
+                    value.isascii()
+                    and value.isdigit()
+                    and len(value) <= _MAX_CONTENT_LENGTH_DIGITS
+                ):
+                    return False
+                length = int(value)
+            headers.append((name, value))
+        start = head.end()
+        if length is None:
+            end = buf.find(b"\0", start, start + limits.max_body_bytes + 1)
+            if end < 0:
+                return False
+        else:
+            end = start + length
+            if length > limits.max_body_bytes or len(buf) <= end or buf[end] != _NUL:
+                return False
+        if (end > start and command not in BODY_COMMANDS) or end >= limits.max_frame_bytes:
+            return False
+        self._ready.append((command, tuple(headers), bytes(buf[start:end])))
+        del buf[: end + 1]
+        self._state = _State.BETWEEN
         return True
 
     def _header_line(self) -> bool:
