@@ -90,8 +90,9 @@ class Outlet:
 
     def receipt(self, frame: Frame) -> None:
         receipt = self.conn.receipt(frame)
-        if receipt is not None:
-            self.reply(receipt, "RECEIPT")
+        if receipt is not None and not self.conn.closing:
+            self.outbox.put(receipt)
+            self._metrics.receipt_frames_sent.inc()
 
     def push(self, subscription: Subscription, destination: str, body: bytes) -> None:
         """A server-made MESSAGE on a user queue (refusals, notifications)."""

@@ -225,7 +225,8 @@ class StompConnection:
         receipt_id = frame.get("receipt")
         if receipt_id is None:
             return None
-        return self.encode(Frame(Command.RECEIPT, (("receipt-id", receipt_id),)))
+        # What `encode` makes of this one-header frame, built directly: one per SEND.
+        return b"RECEIPT\nreceipt-id:" + escape(receipt_id, self.version).encode() + b"\n\n\0"
 
     def error(self, exc: StompProtocolError) -> bytes:
         """The ERROR frame for a protocol error, to be the last frame sent; the connection is

@@ -425,3 +425,21 @@ def test_while_stopping_frames_not_yet_started_are_dropped_unanswered() -> None:
     assert feed(conn, VALID_FRAMES[Command.SEND], VALID_FRAMES[Command.SUBSCRIBE]) == []
     conn.disconnect(CloseCode.GOING_AWAY, "server shutting down")
     assert conn.close == Close(CloseCode.GOING_AWAY, "server shutting down")
+
+
+@pytest.mark.parametrize("version", list(Version))
+@pytest.mark.parametrize("receipt_id", ["7", "a:b", "x\\y", "é😀", "a\nb"])
+def test_receipt_is_the_encoded_receipt_frame(version: Version, receipt_id: str) -> None:
+    conn = StompConnection(subprotocol=version)
+    frame = Frame(Command.SEND, (("destination", "/x"), ("receipt", receipt_id)))
+    try:
+        expected: bytes | type[ValueError] = encode(
+            Frame(Command.RECEIPT, (("receipt-id", receipt_id),)), version
+        )
+    except ValueError:
+        expected = ValueError
+    if expected is ValueError:
+        with pytest.raises(ValueError):
+            conn.receipt(frame)
+    else:
+        assert conn.receipt(frame) == expected
