@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
-import time
 from functools import partial
 
 from aiohttp import WSMsgType, web
@@ -13,6 +13,7 @@ from chat_server.session import Session
 from chat_server.stomp.errors import CloseCode
 from chat_server.stomp.negotiation import SUBPROTOCOLS
 from chat_server.web.frame_check import ChatWebSocketResponse, FrameRefused
+from chat_server.web.read_deadline import ReadDeadline
 from chat_server.web.rest import json_error
 from chat_server.web.services import SERVICES, Services
 from chat_server.web.serving import ChatRequestHandler
@@ -122,17 +123,32 @@ async def _serve(
 
 
 async def _read(ws: web.WebSocketResponse, session: Session, writer: SocketWriter) -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    deadline = ReadDeadline(session.read_deadline, task)
+    try:
+        await _read_until_closing(ws, session, writer, deadline)
+    finally:
+        deadline.cancel()
+
+
+async def _read_until_closing(
+    ws: web.WebSocketResponse, session: Session, writer: SocketWriter, deadline: ReadDeadline
+) -> None:
     while not session.conn.closing:
-        deadline = session.read_deadline()
-        timeout = None if deadline is None else deadline - time.monotonic()
-        if timeout is not None and timeout <= 0:
+        if not deadline.arm():
             session.timed_out()  # also when frames keep coming: a token expires on time
             return
+        deadline.waiting = True
         try:
-            message = await ws.receive(timeout=timeout)
-        except TimeoutError:
+            message = await ws.receive()
+        except asyncio.CancelledError:
+            if not deadline.claim_cancel():
+                raise  # not the deadline's doing (or a shutdown's too): pass it on
             session.timed_out()
             return
+        finally:
+            deadline.waiting = False
         writer.heard_from = True
         if message.type is WSMsgType.TEXT:
             await session.receive(message.data.encode("utf-8"))
