@@ -116,7 +116,7 @@ class Outlet:
             return
         tail = delivery.encoded.get(conn.version) or message_tail(delivery, conn.version)
         try:
-            self.outbox.put(conn.message_prefix(subscription) + tail)
+            self.outbox.put(conn.message_frame(subscription, tail))
         except OutboxOverflow:
             self.slow_consumer()
         except StompProtocolError as exc:  # too many unacknowledged messages
@@ -124,7 +124,7 @@ class Outlet:
 
     def _message(self, subscription: Subscription, tail: bytes) -> bool:
         try:
-            self.outbox.put(self.conn.message_prefix(subscription) + tail)
+            self.outbox.put(self.conn.message_frame(subscription, tail))
         except OutboxOverflow:
             self.slow_consumer()
             return False

@@ -278,6 +278,15 @@ class StompConnection:
             return subscription.prefix + b"message-id:" + message_id.encode() + b"\n" + ack
         return subscription.prefix + b"message-id:" + message_id.encode() + b"\n"
 
+    def message_frame(self, subscription: Subscription, tail: bytes) -> bytes:
+        """A whole MESSAGE: `message_prefix`, then `tail` (the headers every subscriber shares,
+        the blank line, the body and the NUL). One formatting step, no intermediate copies:
+        this runs once per delivery."""
+        if subscription.ack is not AckMode.AUTO:
+            return self.message_prefix(subscription) + tail
+        self._message_counter += 1
+        return b"%bmessage-id:%d\n%b" % (subscription.prefix, self._message_counter, tail)
+
     def encode_user_headers(self, headers: Headers) -> bytes:
         return encode_headers(headers, self.version)
 

@@ -443,3 +443,17 @@ def test_receipt_is_the_encoded_receipt_frame(version: Version, receipt_id: str)
             conn.receipt(frame)
     else:
         assert conn.receipt(frame) == expected
+
+
+@pytest.mark.parametrize("version", list(Version))
+@pytest.mark.parametrize("mode", list(AckMode))
+def test_message_frame_is_the_prefix_then_the_shared_tail(version: Version, mode: AckMode) -> None:
+    made, expected = connected(version), connected(version)
+    for conn in (made, expected):
+        subscribe(conn, "s:1", ack=mode.value)
+    tail = b"destination:/d\ncontent-length:2\n\n{}\0"
+    for _ in range(3):  # ids advance the same way on both paths
+        frame = made.message_frame(made.subscriptions["s:1"], tail)
+        assert frame == expected.message_prefix(expected.subscriptions["s:1"]) + tail
+    assert made.unacked == expected.unacked == (0 if mode is AckMode.AUTO else 3)
+    assert parse_one(frame).get("message-id") == "3"
