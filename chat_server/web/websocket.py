@@ -7,7 +7,7 @@ import logging
 import math
 from functools import partial
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 
 from chat_server.session import Session
 from chat_server.stomp.errors import CloseCode
@@ -125,41 +125,42 @@ async def _serve(
 async def _read(ws: web.WebSocketResponse, session: Session, writer: SocketWriter) -> None:
     task = asyncio.current_task()
     assert task is not None
+    # One frame of coroutine per idle connection, not two: the deadline lives in this one.
     deadline = ReadDeadline(session.read_deadline, task)
     try:
-        await _read_until_closing(ws, session, writer, deadline)
+        while not session.conn.closing:
+            if not deadline.arm():
+                session.timed_out()  # also when frames keep coming: a token expires on time
+                return
+            deadline.waiting = True
+            try:
+                message = await ws.receive()
+            except asyncio.CancelledError:
+                if not deadline.claim_cancel():
+                    raise  # not the deadline's doing (or a shutdown's too): pass it on
+                session.timed_out()
+                return
+            finally:
+                deadline.waiting = False
+            writer.heard_from = True
+            if message.type is WSMsgType.TEXT:
+                await session.receive(message.data.encode("utf-8"))
+            elif message.type is WSMsgType.BINARY:
+                await session.receive(message.data)
+            elif not await _other(message, session, writer):
+                return
     finally:
         deadline.cancel()
 
 
-async def _read_until_closing(
-    ws: web.WebSocketResponse, session: Session, writer: SocketWriter, deadline: ReadDeadline
-) -> None:
-    while not session.conn.closing:
-        if not deadline.arm():
-            session.timed_out()  # also when frames keep coming: a token expires on time
-            return
-        deadline.waiting = True
-        try:
-            message = await ws.receive()
-        except asyncio.CancelledError:
-            if not deadline.claim_cancel():
-                raise  # not the deadline's doing (or a shutdown's too): pass it on
-            session.timed_out()
-            return
-        finally:
-            deadline.waiting = False
-        writer.heard_from = True
-        if message.type is WSMsgType.TEXT:
-            await session.receive(message.data.encode("utf-8"))
-        elif message.type is WSMsgType.BINARY:
-            await session.receive(message.data)
-        elif message.type is WSMsgType.PING:
-            writer.pong(message.data)
-        elif message.type is WSMsgType.PONG:
-            pass  # heard from: that is all a pong says
-        elif isinstance(message.data, FrameRefused):  # ERROR, queued by the FrameCheck
-            await session.refused(CloseCode(message.data.code), str(message.data))
-            return
-        else:  # CLOSE, CLOSING, CLOSED, ERROR (aiohttp already answered 1009, 1007, 1002)
-            return
+async def _other(message: WSMessage, session: Session, writer: SocketWriter) -> bool:
+    """A WebSocket message that carries no STOMP bytes; False when it ends the connection."""
+    if message.type is WSMsgType.PING:
+        writer.pong(message.data)
+        return True
+    if message.type is WSMsgType.PONG:
+        return True  # heard from: that is all a pong says
+    if isinstance(message.data, FrameRefused):  # ERROR, queued by the FrameCheck
+        await session.refused(CloseCode(message.data.code), str(message.data))
+    # CLOSE, CLOSING, CLOSED, ERROR (aiohttp already answered 1009, 1007, 1002)
+    return False
