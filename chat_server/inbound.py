@@ -66,8 +66,13 @@ def read_request(frame: Frame) -> ReadRequest:
 
 
 def _json_body(frame: Frame) -> object:
-    content_type = (frame.get("content-type") or "application/json").split(";")[0].strip()
-    if content_type.lower() not in _JSON_TYPES:
+    content_type = frame.get("content-type")
+    # The usual header, exactly as clients send it, needs no parsing.
+    if (
+        content_type  # absent or empty: JSON, as before
+        and content_type != "application/json"
+        and content_type.split(";")[0].strip().lower() not in _JSON_TYPES
+    ):
         raise ValidationFailed("content-type must be application/json")
     return parse_json_object(frame.body)
 

@@ -8,6 +8,7 @@ Hot paths count in bulk: a room message adds its deliveries once per worker, not
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,11 +20,25 @@ from prometheus_client import (
     multiprocess,
 )
 
+from chat_server.stomp.frames import Command
+
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: From commit to the subscriber's outbox, in seconds: local, cross-worker, after gap fills.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class _Children(dict[Command, Counter]):
+    """A metric's labelled children by command, each looked up through `labels()` only once."""
+
+    def __init__(self, make: Callable[[Command], Counter]) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, command: Command) -> Counter:
+        child = self[command] = self._make(command)
+        return child
 
 
 class Metrics:
@@ -94,8 +109,13 @@ class Metrics:
             "Read markers set by SEND /app/read or REST, by whether they moved forward",
             ["outcome"], registry=registry,
         )
-        # Hot-path children bound once.
+        # Hot-path children bound once: `labels()` per event costs a lock and a dict lookup.
         self.message_frames_sent = self.frames_sent.labels("MESSAGE")
+        self.receipt_frames_sent = self.frames_sent.labels("RECEIPT")
+        #: Made on first use per command, so /metrics lists only commands actually received.
+        self.frames_received_by_command: dict[Command, Counter] = _Children(
+            lambda command: self.frames_received.labels(command.value)
+        )
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type; all workers' values under gunicorn."""

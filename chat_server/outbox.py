@@ -37,7 +37,8 @@ class Outbox:
         self._size = 0
         # Futures made only while someone waits: an idle connection holds no waiter objects.
         self._drain_waiters: list[asyncio.Future[None]] = []
-        #: Called after every put, wake, abandon and discard (the writer schedules a flush).
+        #: Called by the put that makes the outbox non-empty, and by every wake and abandon
+        #: (the writer schedules a flush).
         self.on_ready: Callable[[], None] = _ignore
         #: Called by `abandon`, so a writer waiting for a slow peer stops waiting.
         self.on_abandon: Callable[[], None] = _ignore
@@ -54,12 +55,16 @@ class Outbox:
         return bool(self._chunks)
 
     def put(self, data: bytes) -> None:
-        held = self._size + self.downstream()  # `admit`, inline: this is the fan-out's path
+        size = self._size
+        held = size + self.downstream()  # `admit`, inline: this is the fan-out's path
         if held + len(data) > self.limit_bytes and held:
             raise OutboxOverflow(f"outgoing bytes above {self.limit_bytes}")
         self._chunks.append(data)
-        self._size += len(data)
-        self.on_ready()
+        self._size = size + len(data)
+        if not size:
+            # Only the first frame wakes the writer: while anything is queued it has a flush
+            # scheduled or a task under way (or is finished), and takes everything then.
+            self.on_ready()
 
     def admit(self, size: int) -> None:
         """Raise `OutboxOverflow` unless `size` more bytes fit beside what the peer has yet to
@@ -109,7 +114,7 @@ class Outbox:
         data = chunks[0] if count == 1 else b"".join(chunks[:count])
         del chunks[:count]
         self._size -= total
-        if not chunks:
+        if not chunks and self._drain_waiters:
             self._release_drain_waiters()
         return data
 

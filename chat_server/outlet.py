@@ -90,8 +90,9 @@ class Outlet:
 
     def receipt(self, frame: Frame) -> None:
         receipt = self.conn.receipt(frame)
-        if receipt is not None:
-            self.reply(receipt, "RECEIPT")
+        if receipt is not None and not self.conn.closing:
+            self.outbox.put(receipt)
+            self._metrics.receipt_frames_sent.inc()
 
     def push(self, subscription: Subscription, destination: str, body: bytes) -> None:
         """A server-made MESSAGE on a user queue (refusals, notifications)."""
@@ -115,7 +116,7 @@ class Outlet:
             return
         tail = delivery.encoded.get(conn.version) or message_tail(delivery, conn.version)
         try:
-            self.outbox.put(conn.message_prefix(subscription) + tail)
+            self.outbox.put(conn.message_frame(subscription, tail))
         except OutboxOverflow:
             self.slow_consumer()
         except StompProtocolError as exc:  # too many unacknowledged messages
@@ -123,7 +124,7 @@ class Outlet:
 
     def _message(self, subscription: Subscription, tail: bytes) -> bool:
         try:
-            self.outbox.put(self.conn.message_prefix(subscription) + tail)
+            self.outbox.put(self.conn.message_frame(subscription, tail))
         except OutboxOverflow:
             self.slow_consumer()
             return False

@@ -151,8 +151,9 @@ class Session:
         conn = self.conn
         try:
             conn.receive_data(data, time.monotonic())
+            counted = self._metrics.frames_received_by_command
             for frame in conn.events_received():
-                self._metrics.frames_received.labels(frame.command.value).inc()
+                counted[frame.command].inc()
                 self._busy = True
                 try:
                     pause = self._budget.borrow(time.monotonic())
@@ -173,14 +174,18 @@ class Session:
     def read_deadline(self) -> float | None:
         """Monotonic time by which the peer must have sent something, or completed the frame
         it began (or its token expired); called each time the reader is about to wait."""
+        # Plain comparisons, no list or generator: this runs once per WebSocket message.
         now = time.monotonic()
-        deadlines = [
-            self.conn.peer_deadline(self._settings.connect_timeout_s, self.started),
-            self._frame_deadline(now),
-        ]
-        if self.identity is not None and self.identity.expires_at is not None:
-            deadlines.append(now + (self.identity.expires_at - time.time()))
-        return min((d for d in deadlines if d is not None), default=None)
+        deadline = self.conn.peer_deadline(self._settings.connect_timeout_s, self.started)
+        frame_deadline = self._frame_deadline(now)
+        if frame_deadline is not None and (deadline is None or frame_deadline < deadline):
+            deadline = frame_deadline
+        identity = self.identity
+        if identity is not None and identity.expires_at is not None:
+            expiry = now + (identity.expires_at - time.time())
+            if deadline is None or expiry < deadline:
+                deadline = expiry
+        return deadline
 
     def _frame_deadline(self, now: float) -> float | None:
         """When the frame in progress must be complete (CHAT_FRAME_TIMEOUT_S; BAD_INPUTS F1)."""

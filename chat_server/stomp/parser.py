@@ -28,6 +28,15 @@ _BETWEEN_FRAMES = re.compile(rb"(?:\r?\n|\x00)*")
 # Bytes that may sit inside a header line; LF ends it, CR must be followed by LF (F9), and a NUL
 # means a frame ended before its blank line (rejected at once instead of swallowing the next frame).
 _HEADER_TEXT = re.compile(rb"[^\n\r\x00]*")
+# A frame's command line and header block up to its blank line, for the whole-frame fast path:
+# header lines are non-empty, free of NUL, with CR only before their LF.
+_FRAME_HEAD = re.compile(rb"([A-Z]{1,11})\r?\n((?:[^\n\r\x00]+\r?\n)*)\r?\n")
+# One header of that block: split at the first colon (F6), the name not empty, nothing trimmed
+# (F10) but the CR of a CRLF. Anchored at line starts, so a line that does not match is missed
+# (and counted missing) rather than matched from its middle.
+_HEADER_LINE = re.compile(r"^([^:\n]+):([^\r\n]*)\r?\n", re.MULTILINE)
+
+_GAP_BYTES = frozenset(b"\r\n\x00")  # what may open the gap between frames
 
 _COMMANDS: dict[bytes, Command] = {command.value.encode(): command for command in Command}
 # Every prefix of a valid command line (CR allowed before the LF), so that garbage such as an HTTP
@@ -74,7 +83,9 @@ def _malformed(detail: str) -> StompProtocolError:
     return StompProtocolError("malformed header", detail=detail)
 
 
-_RawFrame = tuple[Command, Headers, bytes]
+# Command, headers as on the wire, body, and whether the headers hold no escape at all (then
+# they read the same in every version).
+_RawFrame = tuple[Command, Headers, bytes, bool]
 
 
 class FrameParser:
@@ -87,11 +98,21 @@ class FrameParser:
     where it could first be decided, exactly as if the stream arrived one byte at a time.
     """
 
+    #: Take a frame that is already complete in the buffer in one go (tests turn it off to
+    #: compare it with the byte-by-byte path).
+    _whole_frames = True
+
     def __init__(
-        self, limits: ParserLimits = ParserLimits(), version: Version = Version.V1_2
+        self,
+        limits: ParserLimits = ParserLimits(),
+        version: Version = Version.V1_2,
+        *,
+        whole_frames: bool = True,
     ) -> None:
         self.limits = limits
         self.version = version
+        if not whole_frames:
+            self._whole_frames = False  # an attribute only then: idle connections add up
         self.heartbeats = 0
         self._buf = bytearray()  # always starts at the line or body being read
         self._scan = 0  # how far into _buf the current search has already looked
@@ -132,9 +153,11 @@ class FrameParser:
             if self._dead is not None:
                 raise self._dead.with_traceback(None)
             if self._ready:
-                command, headers, body = self._ready.pop(0)
+                command, headers, body, plain = self._ready.pop(0)
                 try:
-                    frame = Frame(command, self._unescape(command, headers), body)
+                    frame = Frame(
+                        command, headers if plain else self._unescape(command, headers), body
+                    )
                 except StompProtocolError as exc:
                     self._dead = exc
                     raise
@@ -170,6 +193,12 @@ class FrameParser:
 
     def _between_frames(self) -> bool:
         buf = self._buf
+        if not buf:
+            return False
+        if buf[0] not in _GAP_BYTES:  # the usual case: a frame starts right here
+            self._state = _State.COMMAND
+            self._frame_bytes = 0
+            return True
         end = _match_end(_BETWEEN_FRAMES, buf, 0, len(buf))
         self.heartbeats += buf.count(b"\n", 0, end)
         del buf[:end]
@@ -184,6 +213,8 @@ class FrameParser:
         return True
 
     def _command_line(self) -> bool:
+        if self._whole_frames and self._whole_frame():
+            return True
         buf = self._buf
         eol = buf.find(b"\n", 0, 14)
         line = bytes(buf[: eol if eol >= 0 else 14])
@@ -200,6 +231,39 @@ class FrameParser:
         self._content_length = None
         self._consume(eol + 1)
         self._state = _State.HEADERS
+        return True
+
+    def _whole_frame(self) -> bool:
+        """Take a frame lying complete at the start of the buffer in one pass, and True; False
+        (nothing consumed) when it is incomplete or breaks any rule, for the incremental path
+        to handle. It accepts only frames that path accepts, with the same result, so every
+        error still comes from the one place that decides it at the right byte."""
+        buf, limits = self._buf, self.limits
+        head = _FRAME_HEAD.match(buf)
+        if head is None:
+            return False
+        command = _COMMANDS.get(head.group(1))
+        if command is None:
+            return False
+        read = _header_block(head.group(2), limits)
+        if read is None:
+            return False
+        headers, length = read
+        start = head.end()
+        if length is None:
+            end = buf.find(b"\0", start, start + limits.max_body_bytes + 1)
+            if end < 0:
+                return False
+        else:
+            end = start + length
+            if length > limits.max_body_bytes or len(buf) <= end or buf[end] != _NUL:
+                return False
+        if (end > start and command not in BODY_COMMANDS) or end >= limits.max_frame_bytes:
+            return False
+        plain = b"\\" not in head.group(2)
+        self._ready.append((command, tuple(headers), bytes(buf[start:end]), plain))
+        del buf[: end + 1]
+        self._state = _State.BETWEEN
         return True
 
     def _header_line(self) -> bool:
@@ -328,11 +392,44 @@ class FrameParser:
 
     def _finish(self, body: bytes) -> None:
         del self._buf[: len(body) + 1]
-        self._ready.append((self._command, tuple(self._headers), body))
+        self._ready.append((self._command, tuple(self._headers), body, False))
         self._headers = []
         self._frame_bytes = 0
         self._scan = 0
         self._state = _State.BETWEEN
+
+
+def _header_block(
+    block: bytes, limits: ParserLimits
+) -> tuple[list[tuple[str, str]], int | None] | None:
+    """The headers of a whole header block and its content-length, or None when any line
+    breaks a rule (the incremental path then finds which, and where)."""
+    count = block.count(b"\n")
+    if count > limits.max_headers or (
+        # A line's trailing CR is counted here though the limit does not count it: too strict
+        # only means the incremental path decides.
+        len(block) > limits.max_header_bytes
+        and max(map(len, block.split(b"\n"))) > limits.max_header_bytes
+    ):
+        return None
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    headers: list[tuple[str, str]] = _HEADER_LINE.findall(text)
+    if len(headers) != count:
+        return None  # a line without a colon, or with an empty name
+    if _CONTENT_LENGTH in text:
+        for name, value in headers:
+            if name == _CONTENT_LENGTH:  # the first one frames the body
+                if not (
+                    value.isascii()
+                    and value.isdigit()
+                    and len(value) <= _MAX_CONTENT_LENGTH_DIGITS
+                ):
+                    return None
+                return headers, int(value)
+    return headers, None
 
 
 def _match_end(pattern: re.Pattern[bytes], buf: bytearray, pos: int, endpos: int) -> int:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
-import time
 from functools import partial
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 
 from chat_server.session import Session
 from chat_server.stomp.errors import CloseCode
 from chat_server.stomp.negotiation import SUBPROTOCOLS
 from chat_server.web.frame_check import ChatWebSocketResponse, FrameRefused
+from chat_server.web.read_deadline import ReadDeadline
 from chat_server.web.rest import json_error
 from chat_server.web.services import SERVICES, Services
 from chat_server.web.serving import ChatRequestHandler
@@ -122,28 +123,44 @@ async def _serve(
 
 
 async def _read(ws: web.WebSocketResponse, session: Session, writer: SocketWriter) -> None:
-    while not session.conn.closing:
-        deadline = session.read_deadline()
-        timeout = None if deadline is None else deadline - time.monotonic()
-        if timeout is not None and timeout <= 0:
-            session.timed_out()  # also when frames keep coming: a token expires on time
-            return
-        try:
-            message = await ws.receive(timeout=timeout)
-        except TimeoutError:
-            session.timed_out()
-            return
-        writer.heard_from = True
-        if message.type is WSMsgType.TEXT:
-            await session.receive(message.data.encode("utf-8"))
-        elif message.type is WSMsgType.BINARY:
-            await session.receive(message.data)
-        elif message.type is WSMsgType.PING:
-            writer.pong(message.data)
-        elif message.type is WSMsgType.PONG:
-            pass  # heard from: that is all a pong says
-        elif isinstance(message.data, FrameRefused):  # ERROR, queued by the FrameCheck
-            await session.refused(CloseCode(message.data.code), str(message.data))
-            return
-        else:  # CLOSE, CLOSING, CLOSED, ERROR (aiohttp already answered 1009, 1007, 1002)
-            return
+    task = asyncio.current_task()
+    assert task is not None
+    # One frame of coroutine per idle connection, not two: the deadline lives in this one.
+    deadline = ReadDeadline(session.read_deadline, task)
+    try:
+        while not session.conn.closing:
+            if not deadline.arm():
+                session.timed_out()  # also when frames keep coming: a token expires on time
+                return
+            deadline.waiting = True
+            try:
+                message = await ws.receive()
+            except asyncio.CancelledError:
+                if not deadline.claim_cancel():
+                    raise  # not the deadline's doing (or a shutdown's too): pass it on
+                session.timed_out()
+                return
+            finally:
+                deadline.waiting = False
+            writer.heard_from = True
+            if message.type is WSMsgType.TEXT:
+                await session.receive(message.data.encode("utf-8"))
+            elif message.type is WSMsgType.BINARY:
+                await session.receive(message.data)
+            elif not await _other(message, session, writer):
+                return
+    finally:
+        deadline.cancel()
+
+
+async def _other(message: WSMessage, session: Session, writer: SocketWriter) -> bool:
+    """A WebSocket message that carries no STOMP bytes; False when it ends the connection."""
+    if message.type is WSMsgType.PING:
+        writer.pong(message.data)
+        return True
+    if message.type is WSMsgType.PONG:
+        return True  # heard from: that is all a pong says
+    if isinstance(message.data, FrameRefused):  # ERROR, queued by the FrameCheck
+        await session.refused(CloseCode(message.data.code), str(message.data))
+    # CLOSE, CLOSING, CLOSED, ERROR (aiohttp already answered 1009, 1007, 1002)
+    return False

@@ -102,3 +102,15 @@ def test_a_lost_peer_drops_what_was_queued(outlet: Outlet) -> None:
     outlet.lost()
     assert not outlet.outbox.pending
     assert outlet.conn.closing
+
+
+def test_only_the_put_into_an_empty_outbox_wakes_the_writer() -> None:
+    outbox = Outbox(64 * 1024)
+    woken: list[bool] = []
+    outbox.on_ready = lambda: woken.append(True)
+    for data in (b"a", b"b", b"c"):
+        outbox.put(data)
+    assert len(woken) == 1  # the writer takes all three at once
+    assert outbox.take() == b"abc"
+    outbox.put(b"d")
+    assert len(woken) == 2

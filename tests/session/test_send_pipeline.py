@@ -8,6 +8,7 @@ import json
 import pytest
 
 from chat_server.chat import ChatService
+from chat_server.errors import ValidationFailed
 from chat_server.fanout import Fanout
 from chat_server.inbound import SendReader
 from chat_server.metrics import Metrics
@@ -156,3 +157,32 @@ async def test_a_send_in_a_transaction_is_held_until_commit(
     for frame_held in outlet.conn.commit(frame(Command.COMMIT, ("transaction", "t"))):
         await pipeline.commit_held(frame_held, ALICE)
     assert await contents(store, room) == ["held"]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "accepted"),
+    [
+        (None, True),
+        ("", True),
+        ("application/json", True),
+        ("Application/JSON; charset=utf-8", True),
+        (" application/json ;x=y", True),
+        ("text/plain", False),
+        ("application/jsonx", False),
+    ],
+)
+def test_a_send_body_must_be_declared_json_or_undeclared(
+    content_type: str | None, accepted: bool
+) -> None:
+    headers = [("destination", "/app/message")]
+    if content_type is not None:
+        headers.append(("content-type", content_type))
+    body = json.dumps({"chatRoomId": 1, "content": "hi"}).encode()
+    sent = Frame(Command.SEND, tuple(headers), body)
+    reader = SendReader(16384, 8, 1024)
+    if accepted:
+        draft, _ = reader.read(sent)
+        assert draft.content == "hi"
+    else:
+        with pytest.raises(ValidationFailed, match="content-type"):
+            reader.read(sent)

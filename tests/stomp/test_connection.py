@@ -425,3 +425,35 @@ def test_while_stopping_frames_not_yet_started_are_dropped_unanswered() -> None:
     assert feed(conn, VALID_FRAMES[Command.SEND], VALID_FRAMES[Command.SUBSCRIBE]) == []
     conn.disconnect(CloseCode.GOING_AWAY, "server shutting down")
     assert conn.close == Close(CloseCode.GOING_AWAY, "server shutting down")
+
+
+@pytest.mark.parametrize("version", list(Version))
+@pytest.mark.parametrize("receipt_id", ["7", "a:b", "x\\y", "é😀", "a\nb"])
+def test_receipt_is_the_encoded_receipt_frame(version: Version, receipt_id: str) -> None:
+    conn = StompConnection(subprotocol=version)
+    frame = Frame(Command.SEND, (("destination", "/x"), ("receipt", receipt_id)))
+    try:
+        expected: bytes | type[ValueError] = encode(
+            Frame(Command.RECEIPT, (("receipt-id", receipt_id),)), version
+        )
+    except ValueError:
+        expected = ValueError
+    if expected is ValueError:
+        with pytest.raises(ValueError):
+            conn.receipt(frame)
+    else:
+        assert conn.receipt(frame) == expected
+
+
+@pytest.mark.parametrize("version", list(Version))
+@pytest.mark.parametrize("mode", list(AckMode))
+def test_message_frame_is_the_prefix_then_the_shared_tail(version: Version, mode: AckMode) -> None:
+    made, expected = connected(version), connected(version)
+    for conn in (made, expected):
+        subscribe(conn, "s:1", ack=mode.value)
+    tail = b"destination:/d\ncontent-length:2\n\n{}\0"
+    for _ in range(3):  # ids advance the same way on both paths
+        frame = made.message_frame(made.subscriptions["s:1"], tail)
+        assert frame == expected.message_prefix(expected.subscriptions["s:1"]) + tail
+    assert made.unacked == expected.unacked == (0 if mode is AckMode.AUTO else 3)
+    assert parse_one(frame).get("message-id") == "3"

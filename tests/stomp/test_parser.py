@@ -659,3 +659,19 @@ def test_parser_handles_many_frames_in_one_chunk() -> None:
     outcome = run([data])
     assert len(outcome.frames) == 5000
     assert outcome.heartbeats == 5000
+
+
+def test_a_complete_frame_is_taken_in_one_pass_without_the_line_by_line_path() -> None:
+    parser = FrameParser()
+    # A frame that only the fast path could have read: the line-by-line steps are unusable.
+    parser._header_line = None  # type: ignore[assignment,method-assign]
+    parser.feed(b"SEND\r\ndestination:/app/message\nx-a:b\\cc\ncontent-length:2\n\n{}\0\n")
+    assert list(parser.frames()) == [
+        Frame(
+            Command.SEND,
+            (("destination", "/app/message"), ("x-a", "b:c"), ("content-length", "2")),
+            b"{}",
+        )
+    ]
+    assert parser.heartbeats == 1
+    assert parser.buffered_bytes == 0

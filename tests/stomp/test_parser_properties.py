@@ -182,3 +182,72 @@ def test_mutated_streams_parse_the_same_fed_whole_or_byte_by_byte(
     if whole.error is not None:
         assert isinstance(whole.error, StompProtocolError)
         assert whole.error.message
+
+
+# --- the whole-frame fast path against the incremental path ------------------------------------
+
+
+def run_with(
+    chunks: list[bytes], parser_limits: ParserLimits, version: Version, *, whole_frames: bool
+) -> Outcome:
+    """`run`, with the whole-frame fast path on or off."""
+    parser = FrameParser(parser_limits, version, whole_frames=whole_frames)
+    frames: list[Frame] = []
+    try:
+        for chunk in chunks:
+            parser.feed(chunk)
+            frames.extend(parser.frames())
+    except StompProtocolError as exc:
+        return Outcome(frames, exc, parser.heartbeats, parser.buffered_bytes)
+    return Outcome(frames, None, parser.heartbeats, parser.buffered_bytes)
+
+
+def fast_and_incremental_agree(
+    data: bytes, cuts: list[int], parser_limits: ParserLimits, version: Version
+) -> None:
+    incremental = run_with([data], parser_limits, version, whole_frames=False)
+    for chunks in ([data], rechunk(data, cuts)):
+        fast = run_with(chunks, parser_limits, version, whole_frames=True)
+        same_outcome(fast, incremental)
+        if incremental.error is None:
+            assert fast.buffered_bytes == incremental.buffered_bytes
+
+
+@FUZZ
+@given(
+    versioned_frames(),
+    st.lists(SEPARATORS, max_size=4),
+    st.lists(st.integers(0, 10**6), max_size=10),
+    st.one_of(st.just(ParserLimits()), limits),
+)
+def test_whole_frames_parse_as_the_incremental_path_does(
+    stream: tuple[Version, list[Frame]],
+    separators: list[bytes],
+    cuts: list[int],
+    parser_limits: ParserLimits,
+) -> None:
+    version, sent = stream
+    gaps = [*separators, *[b""] * len(sent)]
+    data = b"".join(gap + encode(f, version) for gap, f in zip(gaps, sent, strict=False))
+    fast_and_incremental_agree(data, cuts, parser_limits, version)
+
+
+@FUZZ
+@given(
+    mutated_streams(),
+    st.lists(st.integers(0, 10**6), max_size=8),
+    st.one_of(st.just(ParserLimits()), limits),
+)
+def test_whole_frames_fail_as_the_incremental_path_does(
+    stream: tuple[Version, bytes], cuts: list[int], parser_limits: ParserLimits
+) -> None:
+    version, data = stream
+    fast_and_incremental_agree(data, cuts, parser_limits, version)
+
+
+@FUZZ
+@given(st.binary(max_size=400), st.lists(st.integers(0, 10**6), max_size=8), limits)
+def test_whole_frames_agree_on_arbitrary_bytes(
+    data: bytes, cuts: list[int], parser_limits: ParserLimits
+) -> None:
+    fast_and_incremental_agree(data, cuts, parser_limits, Version.V1_2)
