@@ -13,7 +13,7 @@ import threading
 from typing import Any
 
 import pytest
-from sqlalchemy.pool import Pool
+from sqlalchemy.pool import Pool, QueuePool
 
 from chat_server.models import NewMessage, UserId
 from chat_server.store import migrate as migrate_module
@@ -32,6 +32,11 @@ def store_threads() -> set[threading.Thread]:
     """aiosqlite's connection threads and the SQLite writer's thread."""
     return {thread for thread in threading.enumerate()
             if thread.name.startswith("chat-sqlite-writer") or "_connection_worker" in thread.name}
+
+
+def queue_pool(pool: Pool) -> QueuePool:
+    assert isinstance(pool, QueuePool), pool  # both backends pool with a queue
+    return pool
 
 
 async def steps_then_cancel(task: asyncio.Task[None], steps: int) -> None:
@@ -53,7 +58,7 @@ async def test_store_close_completes_when_cancelled_midway(database_url: str, st
     # Several pooled connections, a queued append and (on SQLite) the writer's thread.
     await asyncio.gather(*(store.rooms_of(ALICE) for _ in range(4)))
     appended = store.append_message(NewMessage(room.id, ALICE, "last words", None))
-    pool = store.engine.pool
+    pool = queue_pool(store.engine.pool)
     assert pool.checkedin() > 0
 
     closing = asyncio.create_task(close_fully(store.close()))
@@ -71,7 +76,7 @@ async def test_a_close_cancelled_without_close_fully_leaves_connections_open(
     """What close_fully is for: the same cancellation, unshielded, cuts the close short."""
     store = await open_store(database_url, pool_size=4)
     await asyncio.gather(*(store.rooms_of(ALICE) for _ in range(4)))
-    pool = store.engine.pool
+    pool = queue_pool(store.engine.pool)
     opened = pool.checkedin()
     assert opened > 1
     closing = asyncio.create_task(store.close())
@@ -88,12 +93,12 @@ async def test_migration_closes_its_engine_when_cancelled_while_closing(
 ) -> None:
     """`migrate`, cancelled while it closes its engine, still closes it to the end."""
     closing_began = asyncio.Event()
-    pools: list[Pool] = []
+    pools: list[QueuePool] = []
 
     def watched_backend_for(*args: Any, **kwargs: Any) -> Backend:
         backend = backend_for(*args, **kwargs)
         close = backend.close
-        pools.append(backend.engine.pool)
+        pools.append(queue_pool(backend.engine.pool))
 
         async def announced_close() -> None:
             closing_began.set()
