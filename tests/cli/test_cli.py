@@ -174,6 +174,22 @@ def test_serve_refuses_a_bad_database_url_in_one_line(
     assert expected in line and "hunter2" not in line
 
 
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        # socket.bind would take 70000 modulo 65536 and listen on 4464 instead
+        (["--port", "70000"], "cannot listen on 127.0.0.1:70000: a port is 0-65535"),
+        (["--port", "abc"], "PORT: 'abc' is not a valid value"),  # not argparse's usage text
+    ],
+)
+def test_serve_refuses_a_port_it_cannot_use_in_one_line(
+    tmp_path: Path, flags: list[str], expected: str
+) -> None:
+    done = run_cli(cli_env(tmp_path), "serve", *flags)
+    assert _one_line_refusal(done, 2) == f"chat-server: {expected}"
+    assert not (tmp_path / "data" / "chat.db").exists()
+
+
 def test_serve_refuses_a_redis_url_that_is_not_redis(tmp_path: Path) -> None:
     done = run_cli(cli_env(tmp_path), "serve", "--port", str(free_port()),
                    "--redis-url", "http://127.0.0.1:6379")
@@ -225,7 +241,7 @@ def test_token_refuses_to_create_a_secret_no_server_uses(tmp_path: Path) -> None
     assert not (tmp_path / "data" / "chat.db.jwt-secret").exists()
 
 
-@pytest.mark.parametrize("ttl", ["0", "-5"])
+@pytest.mark.parametrize("ttl", ["0", "-5", "abc", "1.5"])
 def test_token_refuses_a_lifetime_that_is_not_positive(tmp_path: Path, ttl: str) -> None:
     env = {**cli_env(tmp_path), "CHAT_JWT_SECRET": "configured-secret-configured-secret"}
     done = run_cli(env, "token", "alice", "--ttl", ttl)
