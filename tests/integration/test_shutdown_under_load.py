@@ -1,6 +1,7 @@
 """`chat-server serve` stopped under load: SIGTERM, SIGTERM twice, SIGINT.
 
-Each run starts a private server on its own SQLite file, has a few STOMP senders and a REST
+Each run starts a private server on its own SQLite file (or the session's private PostgreSQL),
+has a few STOMP senders and a REST
 poster write to one room, signals the process mid-stream, and then checks what an operator and a
 client rely on: exit status 0, no traceback in the output, and every message that was
 acknowledged (a RECEIPT, or a 201) is in the database. A clean stop is a matter of luck at any
@@ -16,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+from sqlalchemy import text
 
+from chat_server.store.engine import build_engine
 from tests.integration.conftest import (
     ClientFactory,
     Sender,
@@ -35,8 +37,9 @@ from tests.integration.conftest import (
 from tests.services import LOCALHOST
 from tests.waiting import eventually
 
-#: Runs per way of stopping; each takes about a second.
-RUNS = 12
+#: Runs per way of stopping and database; each takes a second or two.
+RUNS = {"sqlite": 10, "postgresql": 4}
+CASES = [(database, run) for database, runs in RUNS.items() for run in range(runs)]
 SENDERS = 4
 #: Acknowledged messages before the signal: the server is busy writing when it arrives.
 RECEIPTS_BEFORE_SIGNAL = 40
@@ -98,10 +101,24 @@ async def unfinished_request(port: int) -> asyncio.StreamWriter:
     return writer
 
 
-def stored_client_message_ids(database: Path) -> set[str]:
-    with contextlib.closing(sqlite3.connect(database, timeout=10)) as db:
-        rows = db.execute("SELECT client_message_id FROM messages").fetchall()
+async def stored_client_message_ids(database_url: str) -> set[str]:
+    engine = build_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT client_message_id FROM messages"))).all()
+    finally:
+        await engine.dispose()
     return {row[0] for row in rows if row[0] is not None}
+
+
+@pytest.fixture
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A SQLite file of the test's own, or the session PostgreSQL's emptied database."""
+    database, _ = request.param
+    if database == "sqlite":
+        return f"sqlite:///{tmp_path / 'chat.db'}"
+    url: str = await request.getfixturevalue("postgres_databases").empty_shared()
+    return url
 
 
 @pytest.fixture
@@ -112,13 +129,15 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-@pytest.mark.parametrize("run", range(RUNS))
+@pytest.mark.parametrize(
+    "database_url", CASES, indirect=True, ids=[f"{db}-{run}" for db, run in CASES]
+)
 @pytest.mark.parametrize("way", list(WAYS))
 async def test_stop_under_load_is_clean_and_keeps_every_acknowledged_message(
-    tmp_path: Path, http: aiohttp.ClientSession, clients: ClientFactory, way: str, run: int,
+    tmp_path: Path, http: aiohttp.ClientSession, clients: ClientFactory, way: str,
+    database_url: str,
 ) -> None:
-    database = tmp_path / "chat.db"
-    env = worker_env(f"sqlite:///{database}", None, shutdown_grace_s=GRACE_S)
+    env = worker_env(database_url, None, shutdown_grace_s=GRACE_S)
     worker = Worker("server", tmp_path, env)
     signals = WAYS[way]
     lingering: asyncio.StreamWriter | None = None
@@ -164,5 +183,5 @@ async def test_stop_under_load_is_clean_and_keeps_every_acknowledged_message(
         assert "SIGTERM again: already shutting down" in output, output
     receipted = {cmid for s in senders for cmid in s.receipted} | set(poster.acknowledged)
     assert len(receipted) >= RECEIPTS_BEFORE_SIGNAL
-    missing = receipted - stored_client_message_ids(database)
+    missing = receipted - await stored_client_message_ids(database_url)
     assert not missing, f"acknowledged but not stored: {sorted(missing)[:10]}\n{output}"
