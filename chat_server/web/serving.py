@@ -14,6 +14,7 @@ Both `chat-server serve` (`run`) and the gunicorn workers (`gunicorn_runner`) us
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -185,7 +186,10 @@ async def _serve_until_stopped(
         keepalive_timeout=KEEPALIVE_S,
         shutdown_timeout=settings.shutdown_grace_s,
     )
-    await runner.setup()
+    if not await _unless_stopped(runner.setup(), stop):
+        # A start that hangs (a database that accepts and never answers) ends on a signal.
+        log.info("stopped while starting")
+        return
     try:
         site = web.SockSite(runner, sock)
         await site.start()
@@ -193,6 +197,23 @@ async def _serve_until_stopped(
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+async def _unless_stopped(starting: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Await `starting` unless a stop is requested first: then cancel it and return False."""
+    start = asyncio.ensure_future(starting)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({start, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if start.done():
+        start.result()  # its failure, e.g. StoreUnavailable, is the caller's
+        return True
+    start.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await start
+    return False
 
 
 def run(
@@ -205,7 +226,7 @@ def run(
     ChatRunner, and a shutdown that a second signal does not interrupt (shutdown.py)."""
     asyncio.set_event_loop(loop)
     signals = StopSignals()
-    signals.install(loop)  # before the start-up: a signal during migrations stops after them
+    signals.install(loop)  # before the start-up, which a signal cuts short
     try:
         loop.run_until_complete(_serve_until_stopped(app, settings, sock, signals.requested))
     finally:

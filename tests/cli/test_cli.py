@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import select
+import signal
 import socket
 import stat
 import subprocess
@@ -265,3 +267,36 @@ def test_version_is_the_package_version(capsys: pytest.CaptureFixture[str]) -> N
         main(["--version"])
     assert exited.value.code == 0
     assert capsys.readouterr().out == f"chat-server {__version__}\n"
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_a_start_that_hangs_on_its_database(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    """A PostgreSQL that accepts connections and never answers holds the start (asyncpg's own
+    timeout is a minute); SIGTERM or Ctrl-C still ends it, cleanly."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # the kernel completes connections; nobody reads or writes
+        database_url = f"postgresql://chat@127.0.0.1:{silent.getsockname()[1]}/chat"
+        env = {**cli_env(tmp_path), "CHAT_JWT_SECRET": "configured-secret-configured-secret"}
+        log_path = tmp_path / "serve.log"
+        with log_path.open("w") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "chat_server", "serve", "--port", str(free_port()),
+                 "--database-url", database_url],
+                env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+            )
+        try:
+            # The server's first connection to the silent "database": the start is held.
+            ready, _, _ = select.select([silent], [], [], 30)
+            assert ready and process.poll() is None, log_path.read_text()
+            process.send_signal(stop)
+            code = process.wait(timeout=20)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    output = log_path.read_text()
+    assert code == 0, output
+    assert "Traceback" not in output and "stopped while starting" in output, output
