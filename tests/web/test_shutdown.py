@@ -4,6 +4,7 @@ after the app's cleanup are waited for no longer than the grace."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -42,6 +43,7 @@ def test_leftover_tasks_are_cancelled_and_waited_for_at_most_the_grace(
 ) -> None:
     loop = asyncio.new_event_loop()
     finished: list[str] = []
+    relent = asyncio.Event()  # the test's own way to end the stubborn task afterwards
 
     async def obliging() -> None:
         try:
@@ -50,16 +52,13 @@ def test_leftover_tasks_are_cancelled_and_waited_for_at_most_the_grace(
             finished.append("obliging")
 
     async def stubborn() -> None:
-        while True:  # swallows every cancellation
-            try:
-                await asyncio.sleep(3600)
-            except asyncio.CancelledError:
-                continue
+        while not relent.is_set():  # swallows every cancellation
+            with contextlib.suppress(asyncio.CancelledError):
+                await relent.wait()
 
-    stubborn_coro = stubborn()
     try:
         gone = loop.create_task(obliging(), name="obliging")
-        left = loop.create_task(stubborn_coro, name="stubborn")
+        left = loop.create_task(stubborn(), name="stubborn")
         loop.run_until_complete(asyncio.sleep(0))  # both have started
         started = time.monotonic()
         with caplog.at_level(logging.WARNING):
@@ -72,5 +71,7 @@ def test_leftover_tasks_are_cancelled_and_waited_for_at_most_the_grace(
             caplog.text
         )
     finally:
+        relent.set()
+        if pending := asyncio.all_tasks(loop):
+            loop.run_until_complete(asyncio.wait(pending))
         loop.close()
-        stubborn_coro.close()  # what a process exiting does to it
