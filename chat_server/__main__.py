@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run one server process")
     serve.add_argument("--host", help="bind address (HOST, default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (PORT, default 8080)")
+    # Read as text and checked with the settings: a bad value is one `chat-server:` line.
+    serve.add_argument("--port", help="port (PORT, default 8080)")
     serve.add_argument("--database-url", help="DATABASE_URL (default sqlite:///chat.db)")
     serve.add_argument("--redis-url", help="REDIS_URL (default: in-process broker)")
     serve.add_argument(
@@ -44,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 
     token = commands.add_parser("token", help="print a signed token for a user")
     token.add_argument("user_id")
-    token.add_argument("--ttl", type=int, default=86400, help="lifetime in seconds (24 h)")
+    token.add_argument("--ttl", default="86400", help="lifetime in seconds (24 h)")
     token.add_argument("--database-url", help="DATABASE_URL (locates the generated secret)")
 
     migrate = commands.add_parser("migrate", help="apply database migrations")
@@ -117,6 +118,9 @@ def check_broker(settings: Settings) -> None:
 
 def listening_socket(host: str, port: int) -> socket.socket:
     """The server's socket, bound before anything else starts (BadSetting when it cannot be)."""
+    if not 0 <= port <= 65535:
+        # Python's socket would take it modulo 65536 and listen somewhere else.
+        raise BadSetting(f"cannot listen on {host}:{port}: a port is 0-65535")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -174,13 +178,17 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def _token(settings: Settings, user_id: str, ttl: int) -> int:
+def _token(settings: Settings, user_id: str, ttl_text: str) -> int:
     if not valid_user_id(user_id):
         print("chat-server: a user id is 1-128 printable characters", file=sys.stderr)
         return 2
+    try:
+        ttl = int(ttl_text)
+    except ValueError:
+        ttl = 0
     if ttl <= 0:
         # A token that is born expired would be refused by every server: say so instead.
-        print(f"chat-server: --ttl must be a positive number of seconds, not {ttl}",
+        print(f"chat-server: --ttl must be a positive whole number of seconds, not {ttl_text}",
               file=sys.stderr)
         return 2
     try:

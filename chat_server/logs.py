@@ -46,6 +46,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
+class _AlembicPreamble(logging.Filter):
+    """Drops the two lines Alembic's migration context logs on every start, its dialect and
+    "Will assume non-transactional DDL" (on SQLite, though migrate.py runs the whole upgrade in
+    one transaction); the lines of upgrades it actually runs pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("Context impl ", "Will assume "))
+
+
+_ALEMBIC_PREAMBLE = _AlembicPreamble()
+
+
 def configure_logging(log_format: str = "plain", level: str = "INFO") -> None:
     handler = logging.StreamHandler()
     handler.addFilter(_ContextFilter())
@@ -59,6 +71,7 @@ def configure_logging(log_format: str = "plain", level: str = "INFO") -> None:
     # Alembic announces each of its autogenerate plugins at INFO whenever it loads, on every
     # start; none of that concerns an operator. Its migration lines keep their level.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    logging.getLogger("alembic.runtime.migration").addFilter(_ALEMBIC_PREAMBLE)  # once
 
 
 def configure_logging_from_env() -> None:

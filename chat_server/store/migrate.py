@@ -11,6 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
+from chat_server.store.closing import close_fully
 from chat_server.store.engine import backend_for, unavailable_on_failure
 
 MIGRATIONS_DIR: Final = pathlib.Path(__file__).resolve().parent / "migrations"
@@ -60,4 +61,4 @@ async def migrate(database_url: str, *, busy_timeout_ms: int = 5000) -> None:
                 await conn.run_sync(_upgrade)
                 await backend.after_migration(conn)
     finally:
-        await backend.close()
+        await close_fully(backend.close())

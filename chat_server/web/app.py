@@ -20,6 +20,7 @@ from chat_server.metrics import Metrics
 from chat_server.proxies import TrustedProxies
 from chat_server.ratelimit import RateLimiter
 from chat_server.room_state import RoomState
+from chat_server.store.closing import close_fully
 from chat_server.store.migrate import migrate
 from chat_server.store.sql import open_store
 from chat_server.store.urls import sqlite_path
@@ -94,11 +95,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        keepalive.stop()
-        await room_state.close()  # its goodbye: this worker's users leave elsewhere at once
-        await fanout.close()
-        await broker.close()
-        await store.close()
+        try:
+            keepalive.stop()
+            await room_state.close()  # its goodbye: this worker's users leave elsewhere at once
+            await fanout.close()
+            await broker.close()
+        finally:
+            await close_fully(store.close())  # even when cancelled: no connection left open
 
 
 async def _close_sessions(app: web.Application) -> None:

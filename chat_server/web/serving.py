@@ -24,11 +24,11 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_websocket import WebSocketReader
 from aiohttp.web_request import BaseRequest
-from aiohttp.web_runner import GracefulExit
 
 from chat_server.config import Settings
 from chat_server.web.frame_check import FrameCheck
 from chat_server.web.services import SETTINGS
+from chat_server.web.shutdown import StopSignals, cancel_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -177,23 +177,43 @@ class ChatRunner(web.AppRunner):
         )
 
 
-async def _serve_forever(app: web.Application, settings: Settings, sock: socket.socket) -> None:
+async def _serve_until_stopped(
+    app: web.Application, settings: Settings, sock: socket.socket, stop: asyncio.Event
+) -> None:
     runner = ChatRunner(
         app,
         head_timeout_s=settings.request_head_timeout_s,
-        handle_signals=True,  # SIGINT/SIGTERM raise GracefulExit, as under run_app
         keepalive_timeout=KEEPALIVE_S,
         shutdown_timeout=settings.shutdown_grace_s,
     )
-    await runner.setup()
+    if not await _unless_stopped(runner.setup(), stop):
+        # A start that hangs (a database that accepts and never answers) ends on a signal.
+        log.info("stopped while starting")
+        return
     try:
         site = web.SockSite(runner, sock)
         await site.start()
         print(f"======== Running on {site.name} ========\n(Press CTRL+C to quit)", flush=True)
-        while True:
-            await asyncio.sleep(3600)
+        await stop.wait()
     finally:
         await runner.cleanup()
+
+
+async def _unless_stopped(starting: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Await `starting` unless a stop is requested first: then cancel it and return False."""
+    start = asyncio.ensure_future(starting)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({start, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if start.done():
+        start.result()  # its failure, e.g. StoreUnavailable, is the caller's
+        return True
+    start.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await start
+    return False
 
 
 def run(
@@ -203,29 +223,17 @@ def run(
     sock: socket.socket,
 ) -> None:
     """`chat-server serve` on a socket bound already: what aiohttp's run_app does, with
-    ChatRunner."""
+    ChatRunner, and a shutdown that a second signal does not interrupt (shutdown.py)."""
     asyncio.set_event_loop(loop)
-    main = loop.create_task(_serve_forever(app, settings, sock))
+    signals = StopSignals()
+    signals.install(loop)  # before the start-up, which a signal cuts short
     try:
-        loop.run_until_complete(main)
-    except (GracefulExit, KeyboardInterrupt):
-        pass
+        loop.run_until_complete(_serve_until_stopped(app, settings, sock, signals.requested))
     finally:
-        if not main.done():
-            main.cancel()
-            with contextlib.suppress(asyncio.CancelledError, GracefulExit):
-                loop.run_until_complete(main)
-        _cancel_remaining(loop)
+        cancel_leftovers(loop, settings.shutdown_grace_s)
         loop.run_until_complete(loop.shutdown_asyncgens())
+        signals.ignore_from_now_on(loop)
         loop.close()
-
-
-def _cancel_remaining(loop: asyncio.AbstractEventLoop) -> None:
-    tasks = asyncio.all_tasks(loop)
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
 
 
 def gunicorn_runner(worker: Any) -> Callable[[], Awaitable[web.AppRunner]]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import select
+import signal
 import socket
 import stat
 import subprocess
@@ -119,6 +121,16 @@ def test_migrate_creates_the_schema(tmp_path: Path) -> None:
     assert {"rooms", "room_members", "messages"} <= tables
 
 
+def test_migrate_logs_the_upgrades_it_runs_and_nothing_on_every_start(tmp_path: Path) -> None:
+    env = cli_env(tmp_path)
+    first, again = run_cli(env, "migrate"), run_cli(env, "migrate")
+    assert first.returncode == again.returncode == 0, first.stderr + again.stderr
+    assert "Running upgrade  -> 0001" in first.stderr
+    # Alembic's dialect line and its "Will assume non-transactional DDL" (the upgrade does
+    # run in one transaction) were two lines on every start, saying nothing to an operator.
+    assert again.stderr == ""
+
+
 def test_migrate_without_a_reachable_database_says_so_and_fails(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
     done = run_cli(cli_env(tmp_path), "migrate", "--database-url",
@@ -174,6 +186,22 @@ def test_serve_refuses_a_bad_database_url_in_one_line(
     assert expected in line and "hunter2" not in line
 
 
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        # socket.bind would take 70000 modulo 65536 and listen on 4464 instead
+        (["--port", "70000"], "cannot listen on 127.0.0.1:70000: a port is 0-65535"),
+        (["--port", "abc"], "PORT: 'abc' is not a valid value"),  # not argparse's usage text
+    ],
+)
+def test_serve_refuses_a_port_it_cannot_use_in_one_line(
+    tmp_path: Path, flags: list[str], expected: str
+) -> None:
+    done = run_cli(cli_env(tmp_path), "serve", *flags)
+    assert _one_line_refusal(done, 2) == f"chat-server: {expected}"
+    assert not (tmp_path / "data" / "chat.db").exists()
+
+
 def test_serve_refuses_a_redis_url_that_is_not_redis(tmp_path: Path) -> None:
     done = run_cli(cli_env(tmp_path), "serve", "--port", str(free_port()),
                    "--redis-url", "http://127.0.0.1:6379")
@@ -225,7 +253,7 @@ def test_token_refuses_to_create_a_secret_no_server_uses(tmp_path: Path) -> None
     assert not (tmp_path / "data" / "chat.db.jwt-secret").exists()
 
 
-@pytest.mark.parametrize("ttl", ["0", "-5"])
+@pytest.mark.parametrize("ttl", ["0", "-5", "abc", "1.5"])
 def test_token_refuses_a_lifetime_that_is_not_positive(tmp_path: Path, ttl: str) -> None:
     env = {**cli_env(tmp_path), "CHAT_JWT_SECRET": "configured-secret-configured-secret"}
     done = run_cli(env, "token", "alice", "--ttl", ttl)
@@ -239,3 +267,36 @@ def test_version_is_the_package_version(capsys: pytest.CaptureFixture[str]) -> N
         main(["--version"])
     assert exited.value.code == 0
     assert capsys.readouterr().out == f"chat-server {__version__}\n"
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_a_start_that_hangs_on_its_database(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    """A PostgreSQL that accepts connections and never answers holds the start (asyncpg's own
+    timeout is a minute); SIGTERM or Ctrl-C still ends it, cleanly."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # the kernel completes connections; nobody reads or writes
+        database_url = f"postgresql://chat@127.0.0.1:{silent.getsockname()[1]}/chat"
+        env = {**cli_env(tmp_path), "CHAT_JWT_SECRET": "configured-secret-configured-secret"}
+        log_path = tmp_path / "serve.log"
+        with log_path.open("w") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "chat_server", "serve", "--port", str(free_port()),
+                 "--database-url", database_url],
+                env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+            )
+        try:
+            # The server's first connection to the silent "database": the start is held.
+            ready, _, _ = select.select([silent], [], [], 30)
+            assert ready and process.poll() is None, log_path.read_text()
+            process.send_signal(stop)
+            code = process.wait(timeout=20)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    output = log_path.read_text()
+    assert code == 0, output
+    assert "Traceback" not in output and "stopped while starting" in output, output
