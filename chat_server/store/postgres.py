@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from sqlalchemy import Insert, Table, text
 from sqlalchemy.dialects import postgresql as pg_dialect
-from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from chat_server.store.appends import Append, Outcome
+from chat_server.store.postgres_appends import PostgresAppender
 
 #: Connecting, and any one statement, may take at most this long.
 PG_CONNECT_TIMEOUT_S: Final = 5.0
@@ -17,9 +19,6 @@ PG_COMMAND_TIMEOUT_S: Final = 30.0
 
 # pg_advisory_xact_lock key: workers that start together migrate one after another.
 _MIGRATION_LOCK: Final = 0x63686174_6D696772  # "chatmigr"
-
-Arg = TypeVar("Arg")
-Result = TypeVar("Result")
 
 
 class PostgresBackend:
@@ -40,6 +39,8 @@ class PostgresBackend:
                 "server_settings": {"application_name": "chat_server"},
             },
         )
+        # Holds its connection from the first append until `close`.
+        self._appender = PostgresAppender(self._engine)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -50,9 +51,8 @@ class PostgresBackend:
         async with self._engine.begin() as conn:
             yield conn
 
-    async def run_append(self, work: Callable[[Connection, Arg], Result], arg: Arg) -> Result:
-        async with self.writing() as conn:
-            return await conn.run_sync(work, arg)
+    async def append(self, appends: Sequence[Append]) -> list[Outcome]:
+        return await self._appender.append(appends)
 
     def insert_if_absent(self, table: Table, values: Mapping[str, Any]) -> Insert:
         return pg_dialect.insert(table).values(values).on_conflict_do_nothing()
@@ -64,4 +64,5 @@ class PostgresBackend:
         """Nothing to check: PostgreSQL enforces foreign keys throughout."""
 
     async def close(self) -> None:
+        await self._appender.close()
         await self._engine.dispose()
