@@ -26,6 +26,11 @@ class PostgresBackend:
     needs nothing beyond a plain `BEGIN`."""
 
     def __init__(self, url: str, *, pool_size: int, acquire_timeout_s: float) -> None:
+        connect_args = {
+            "timeout": PG_CONNECT_TIMEOUT_S,
+            "command_timeout": PG_COMMAND_TIMEOUT_S,
+            "server_settings": {"application_name": "chat_server"},
+        }
         self._engine = create_async_engine(
             url,
             pool_size=pool_size,
@@ -33,14 +38,16 @@ class PostgresBackend:
             pool_timeout=acquire_timeout_s,
             # A connection broken by a restart or failover is replaced, not handed out.
             pool_pre_ping=True,
-            connect_args={
-                "timeout": PG_CONNECT_TIMEOUT_S,
-                "command_timeout": PG_COMMAND_TIMEOUT_S,
-                "server_settings": {"application_name": "chat_server"},
-            },
+            connect_args=connect_args,
         )
-        # Holds its connection from the first append until `close`.
-        self._appender = PostgresAppender(self._engine)
+        # The appends' own connection, beside the pool as SQLite's writer is: held from the
+        # first append until `close`, so no batch pays a checkout and its pre-ping, and a pool
+        # of readers never starves the appends (nor they it). A broken one is replaced.
+        self._append_engine = create_async_engine(
+            url, pool_size=1, max_overflow=0, pool_timeout=acquire_timeout_s,
+            connect_args=connect_args,
+        )
+        self._appender = PostgresAppender(self._append_engine)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -65,4 +72,5 @@ class PostgresBackend:
 
     async def close(self) -> None:
         await self._appender.close()
+        await self._append_engine.dispose()
         await self._engine.dispose()

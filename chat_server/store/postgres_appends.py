@@ -125,7 +125,7 @@ class PostgresAppends:
 
 
 class PostgresAppender:
-    """Appends of one process, one batch at a time, on one connection held from the pool.
+    """Appends of one process, one batch at a time, on one connection of `engine`, held.
 
     The connection and its prepared statements are dropped after any failure (the server may
     have gone, or a migration changed a table under the statements); the next batch checks out
