@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import os
 import pathlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, Final, TypeVar
 
@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from chat_server.store.appends import Append, Outcome, append_batch
 from chat_server.store.sqlite_appends import SqliteAppends
+from chat_server.store.writer_thread import WriterThread
 
 #: Execution option naming the `BEGIN` flavour our SQLite `begin` hook emits.
 SQLITE_BEGIN_OPTION: Final = "chat_server_sqlite_begin"
@@ -120,12 +121,11 @@ class SqliteWriter:
         self._lock_path = f"{path}-writer.lock"
         self._lock_fd: int | None = None
         self._conn: sqlite3.Connection | None = None
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-sqlite-writer")
+        self._thread = WriterThread("chat-sqlite-writer")
 
     async def run(self, work: Callable[[sqlite3.Connection, Arg], Result], arg: Arg) -> Result:
         """`work(connection, arg)` inside one `BEGIN IMMEDIATE` transaction, committed after."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._transaction, work, arg)
+        return await self._thread.run(functools.partial(self._transaction, work, arg))
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -185,9 +185,8 @@ class SqliteWriter:
             self._lock_fd = None
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._thread, self._dispose)
-        self._thread.shutdown(wait=True)
+        await self._thread.run(self._dispose)
+        await self._thread.stop()
 
 
 def _append_batch(conn: sqlite3.Connection, appends: Sequence[Append]) -> list[Outcome]:
