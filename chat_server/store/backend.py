@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from sqlalchemy import Insert, Table
-from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-Arg = TypeVar("Arg")
-Result = TypeVar("Result")
+from chat_server.store.appends import Append, Outcome
 
 
 class Backend(Protocol):
@@ -26,8 +24,9 @@ class Backend(Protocol):
         """One write transaction: committed on exit, rolled back on any exception."""
         ...
 
-    async def run_append(self, work: Callable[[Connection, Arg], Result], arg: Arg) -> Result:
-        """`work(connection, arg)` run whole, synchronously, inside one write transaction."""
+    async def append(self, appends: Sequence[Append]) -> list[Outcome]:
+        """`append_batch` (appends.py) run whole inside one write transaction, committed
+        before this returns; raises whatever the driver raised, with nothing stored."""
         ...
 
     def insert_if_absent(self, table: Table, values: Mapping[str, Any]) -> Insert:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from sqlalchemy import Insert, Table, text
 from sqlalchemy.dialects import postgresql as pg_dialect
-from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from chat_server.store.appends import Append, Outcome
+from chat_server.store.postgres_appends import PostgresAppender
 
 #: Connecting, and any one statement, may take at most this long.
 PG_CONNECT_TIMEOUT_S: Final = 5.0
@@ -18,15 +20,17 @@ PG_COMMAND_TIMEOUT_S: Final = 30.0
 # pg_advisory_xact_lock key: workers that start together migrate one after another.
 _MIGRATION_LOCK: Final = 0x63686174_6D696772  # "chatmigr"
 
-Arg = TypeVar("Arg")
-Result = TypeVar("Result")
-
 
 class PostgresBackend:
     """PostgreSQL through asyncpg: row locks order concurrent writers, so a write transaction
     needs nothing beyond a plain `BEGIN`."""
 
     def __init__(self, url: str, *, pool_size: int, acquire_timeout_s: float) -> None:
+        connect_args = {
+            "timeout": PG_CONNECT_TIMEOUT_S,
+            "command_timeout": PG_COMMAND_TIMEOUT_S,
+            "server_settings": {"application_name": "chat_server"},
+        }
         self._engine = create_async_engine(
             url,
             pool_size=pool_size,
@@ -34,12 +38,16 @@ class PostgresBackend:
             pool_timeout=acquire_timeout_s,
             # A connection broken by a restart or failover is replaced, not handed out.
             pool_pre_ping=True,
-            connect_args={
-                "timeout": PG_CONNECT_TIMEOUT_S,
-                "command_timeout": PG_COMMAND_TIMEOUT_S,
-                "server_settings": {"application_name": "chat_server"},
-            },
+            connect_args=connect_args,
         )
+        # The appends' own connection, beside the pool as SQLite's writer is: held from the
+        # first append until `close`, so no batch pays a checkout and its pre-ping, and a pool
+        # of readers never starves the appends (nor they it). A broken one is replaced.
+        self._append_engine = create_async_engine(
+            url, pool_size=1, max_overflow=0, pool_timeout=acquire_timeout_s,
+            connect_args=connect_args,
+        )
+        self._appender = PostgresAppender(self._append_engine)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -50,9 +58,8 @@ class PostgresBackend:
         async with self._engine.begin() as conn:
             yield conn
 
-    async def run_append(self, work: Callable[[Connection, Arg], Result], arg: Arg) -> Result:
-        async with self.writing() as conn:
-            return await conn.run_sync(work, arg)
+    async def append(self, appends: Sequence[Append]) -> list[Outcome]:
+        return await self._appender.append(appends)
 
     def insert_if_absent(self, table: Table, values: Mapping[str, Any]) -> Insert:
         return pg_dialect.insert(table).values(values).on_conflict_do_nothing()
@@ -64,4 +71,6 @@ class PostgresBackend:
         """Nothing to check: PostgreSQL enforces foreign keys throughout."""
 
     async def close(self) -> None:
+        await self._appender.close()
+        await self._append_engine.dispose()
         await self._engine.dispose()

@@ -35,7 +35,7 @@ from chat_server.models import (
     SendChain,
     UserId,
 )
-from chat_server.store.appends import Append, Outcome, append_batch
+from chat_server.store.appends import Append, Outcome
 from chat_server.store.backend import Backend
 from chat_server.store.engine import (
     POOL_TIMEOUT_S,
@@ -327,7 +327,7 @@ class SqlStore:
         # Rooms are locked before clientMessageIds are looked up (appends.py), so no unique
         # violation can race us; any failure here leaves the batch unstored and unreceipted.
         with unavailable_on_failure():
-            return await self._backend.run_append(append_batch, appends)
+            return await self._backend.append(appends)
 
     async def messages(
         self,

@@ -11,18 +11,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import os
 import pathlib
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, TypeVar
 
-from sqlalchemy import Engine, Insert, Table, create_engine, event
+from sqlalchemy import Engine, Insert, Table, event
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from chat_server.store.appends import Append, Outcome, append_batch
+from chat_server.store.sqlite_appends import SqliteAppends
+from chat_server.store.writer_thread import WriterThread
 
 #: Execution option naming the `BEGIN` flavour our SQLite `begin` hook emits.
 SQLITE_BEGIN_OPTION: Final = "chat_server_sqlite_begin"
@@ -65,23 +69,28 @@ def _make_private_if_new(cursor: Any) -> None:
             os.chmod(path, 0o600)
 
 
+def configure_connection(dbapi_connection: Any, busy_timeout_ms: int, foreign_keys: bool) -> None:
+    """Our settings on a new sqlite3 connection, whoever opened it."""
+    # Take BEGIN away from the driver: it would start transactions lazily, before DML only,
+    # and always DEFERRED. Our callers emit the right one instead.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        _make_private_if_new(cursor)
+        # busy_timeout first: switching to WAL may itself have to wait for a lock.
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        _use_wal(cursor)
+        # FULL: the WAL is synced at every commit, so a receipted message survives power loss.
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
+    finally:
+        cursor.close()
+
+
 def install_sqlite_hooks(engine: Engine, busy_timeout_ms: int, foreign_keys: bool) -> None:
     """Our settings on every new connection of `engine`, and the `BEGIN` our transactions need."""
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Take BEGIN away from the driver: it would start transactions lazily, before DML only,
-        # and always DEFERRED. The `begin` hook below emits the right one instead.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        try:
-            _make_private_if_new(cursor)
-            # busy_timeout first: switching to WAL may itself have to wait for a lock.
-            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            _use_wal(cursor)
-            # FULL: the WAL is synced at every commit, so a receipted message survives power loss.
-            cursor.execute("PRAGMA synchronous = FULL")
-            cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
-        finally:
-            cursor.close()
+        configure_connection(dbapi_connection, busy_timeout_ms, foreign_keys)
 
     def on_begin(conn: Connection) -> None:
         # IMMEDIATE takes the write lock up front, waiting up to busy_timeout for it, so a
@@ -97,7 +106,8 @@ def install_sqlite_hooks(engine: Engine, busy_timeout_ms: int, foreign_keys: boo
 
 
 class SqliteWriter:
-    """Write transactions of one SQLite file, each run whole in one dedicated thread.
+    """Write transactions of one SQLite file, each run whole in one dedicated thread, on a
+    plain sqlite3 connection: the driver's own calls, no pool checkout or reset per batch.
 
     Workers of one deployment share the file, and SQLite makes a writer that finds it locked
     sleep and retry (1, 2, 5, 10, ... ms): under load two workers' batches took turns with
@@ -106,45 +116,81 @@ class SqliteWriter:
     """
 
     def __init__(self, path: str, busy_timeout_ms: int) -> None:
+        self._path = path
+        self._busy_timeout_ms = busy_timeout_ms
         self._lock_path = f"{path}-writer.lock"
         self._lock_fd: int | None = None
-        engine = create_engine(
-            f"sqlite:///{path}",
-            pool_size=1,
-            max_overflow=0,
-            # Made, used and closed in the writer thread only; the flag spares close() a check.
-            connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False},
-        )
-        install_sqlite_hooks(engine, busy_timeout_ms, foreign_keys=True)
-        self._engine = engine.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-sqlite-writer")
+        self._conn: sqlite3.Connection | None = None
+        self._thread = WriterThread("chat-sqlite-writer")
 
-    async def run(self, work: Callable[[Connection, Arg], Result], arg: Arg) -> Result:
+    async def run(self, work: Callable[[sqlite3.Connection, Arg], Result], arg: Arg) -> Result:
         """`work(connection, arg)` inside one `BEGIN IMMEDIATE` transaction, committed after."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._transaction, work, arg)
+        return await self._thread.run(functools.partial(self._transaction, work, arg))
 
-    def _transaction(self, work: Callable[[Connection, Arg], Result], arg: Arg) -> Result:
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(
+                self._path,
+                timeout=self._busy_timeout_ms / 1000,
+                isolation_level=None,
+                # Made, used and closed in the writer thread only; the flag spares close() a check.
+                check_same_thread=False,
+            )
+            try:
+                configure_connection(conn, self._busy_timeout_ms, foreign_keys=True)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def _transaction(self, work: Callable[[sqlite3.Connection, Arg], Result], arg: Arg) -> Result:
         if self._lock_fd is None:
             self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         # Blocks this thread only; the lock goes with the process should it die.
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
-            with self._engine.begin() as conn:
-                return work(conn, arg)
+            conn = self._connection()
+            # IMMEDIATE takes the write lock up front, waiting up to busy_timeout for it, so
+            # the read-then-write transaction never fails half-way with SQLITE_BUSY.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn, arg)
+                conn.execute("COMMIT")
+            except BaseException:
+                self._roll_back(conn)
+                raise
+            return result
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
+    def _roll_back(self, conn: sqlite3.Connection) -> None:
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            # Whatever state it is in, a fresh connection is certain to be clean.
+            self._close_connection()
+
+    def _close_connection(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
     def _dispose(self) -> None:
-        self._engine.dispose()
+        self._close_connection()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._thread, self._dispose)
-        self._thread.shutdown(wait=True)
+        await self._thread.run(self._dispose)
+        await self._thread.stop()
+
+
+def _append_batch(conn: sqlite3.Connection, appends: Sequence[Append]) -> list[Outcome]:
+    return append_batch(SqliteAppends(conn), appends)
 
 
 class SqliteBackend:
@@ -192,11 +238,11 @@ class SqliteBackend:
         async with self._write_lock, self._immediate.begin() as conn:
             yield conn
 
-    async def run_append(self, work: Callable[[Connection, Arg], Result], arg: Arg) -> Result:
+    async def append(self, appends: Sequence[Append]) -> list[Outcome]:
         if self._appender is None:
             self._appender = SqliteWriter(self._path, self._busy_timeout_ms)
         async with self._write_lock:
-            return await self._appender.run(work, arg)
+            return await self._appender.run(_append_batch, appends)
 
     def insert_if_absent(self, table: Table, values: Mapping[str, Any]) -> Insert:
         return sqlite_dialect.insert(table).values(values).on_conflict_do_nothing()

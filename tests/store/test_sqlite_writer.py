@@ -4,11 +4,9 @@ worker process) queue on an advisory lock instead of SQLite's sleep-and-retry.""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from pathlib import Path
-
-from sqlalchemy import text
-from sqlalchemy.engine import Connection
 
 from chat_server.store.migrate import migrate
 from chat_server.store.sqlite import SqliteWriter
@@ -21,14 +19,14 @@ async def test_a_second_writer_waits_for_the_first_instead_of_failing(tmp_path: 
     first, second = SqliteWriter(str(path), 10), SqliteWriter(str(path), 10)
     inside, release = threading.Event(), threading.Event()
 
-    def hold(conn: Connection, _: None) -> int:
-        conn.execute(text("UPDATE rooms SET last_seq = last_seq WHERE 0"))
+    def hold(conn: sqlite3.Connection, _: None) -> int:
+        conn.execute("UPDATE rooms SET last_seq = last_seq WHERE 0")
         inside.set()
         release.wait(10)
         return 1
 
-    def write(conn: Connection, _: None) -> int:
-        return int(conn.execute(text("SELECT count(*) FROM rooms")).scalar_one())
+    def write(conn: sqlite3.Connection, _: None) -> int:
+        return int(conn.execute("SELECT count(*) FROM rooms").fetchone()[0])
 
     try:
         holding = asyncio.ensure_future(first.run(hold, None))
