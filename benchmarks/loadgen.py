@@ -70,6 +70,11 @@ class Plan:
     #: The run ends early once no delivery arrived for this long after the last receipt.
     quiet_s: float = 1.0
     setup_timeout_s: float = 120.0
+    #: STOMP heart-beats both ways (ms, 0: none); subscribers send an EOL this often.
+    heartbeat_ms: int = 0
+    #: Loopback source addresses to connect from, in turn (empty: the system's choice). Each
+    #: gives its own ephemeral port range, so past ~28 000 connections to one port.
+    source_addresses: list[str] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Plan:
@@ -212,7 +217,8 @@ def connect_frame(plan: Plan, user: str) -> str:
     else:
         auth = "login:guest\npasscode:guest\n"
         host = "/"
-    return f"CONNECT\naccept-version:1.2\nhost:{host}\n{auth}heart-beat:0,0\n\n\0"
+    beat = plan.heartbeat_ms
+    return f"CONNECT\naccept-version:1.2\nhost:{host}\n{auth}heart-beat:{beat},{beat}\n\n\0"
 
 
 def _mint(secret: str, user: str) -> str:
@@ -476,15 +482,19 @@ class LoadGen:
         self.subscribers: list[Subscriber] = []
         self.publishers: list[Publisher] = []
         self.result = ShardResult(shard=plan.shard)
-        self._session: aiohttp.ClientSession | None = None
+        #: One client session per source address (a connector binds one local address).
+        self._sessions: list[aiohttp.ClientSession] = []
+        self._opened = 0
 
     def _url(self, index: int) -> str:
         return self.plan.urls[index % len(self.plan.urls)]
 
     async def _open(self, url: str, user: str) -> tuple[aiohttp.ClientWebSocketResponse,
                                                        list[str], list[str]]:
-        assert self._session is not None
-        ws = await self._session.ws_connect(
+        assert self._sessions
+        session = self._sessions[self._opened % len(self._sessions)]
+        self._opened += 1
+        ws = await session.ws_connect(
             url, protocols=SUBPROTOCOLS, autoping=True, heartbeat=None, compress=0,
             max_msg_size=0,
         )
@@ -558,8 +568,13 @@ class LoadGen:
     async def setup(self) -> None:
         self._build()
         # No per-host connection cap: every WebSocket holds its connection for the whole run.
-        connector = aiohttp.TCPConnector(limit=0, force_close=False)
-        self._session = aiohttp.ClientSession(connector=connector)
+        addresses: list[str | None] = [*self.plan.source_addresses] or [None]
+        for address in addresses:
+            connector = aiohttp.TCPConnector(
+                limit=0, force_close=False,
+                local_addr=(address, 0) if address is not None else None,
+            )
+            self._sessions.append(aiohttp.ClientSession(connector=connector))
         gate = asyncio.Semaphore(self.plan.connect_concurrency)
         started = time.monotonic()
         async with asyncio.timeout(self.plan.setup_timeout_s):
@@ -587,10 +602,14 @@ class LoadGen:
         typists = [self._type(sub, deadline) for sub in self.subscribers
                    if sub.typist and sub.ws is not None]
         runs = [pub.run(deadline, interval) for pub in self.publishers if pub.ws is not None]
+        beats = (asyncio.create_task(self._heartbeats(deadline)) if plan.heartbeat_ms > 0
+                 else None)
         if runs or typists:
             await asyncio.gather(*runs, *typists)
         else:
             await asyncio.sleep(plan.duration_s)
+        if beats is not None:
+            beats.cancel()
         await self._drain(loop.time() + plan.drain_s)
         self.result.load_end_ns = time.time_ns()
         self.result.cpu_s = time.process_time() - cpu0
@@ -611,6 +630,23 @@ class LoadGen:
             except (ConnectionError, RuntimeError):
                 return
             sub.typed += 1
+
+    async def _heartbeats(self, deadline: float) -> None:
+        """An EOL from every subscriber once per heart-beat interval, spread evenly over it
+        (the server closes a peer silent for twice its interval)."""
+        loop = asyncio.get_running_loop()
+        sockets = [s.ws for s in self.subscribers if s.ws is not None]
+        if not sockets:
+            return
+        interval = self.plan.heartbeat_ms / 1000
+        batches = max(1, min(len(sockets), int(interval * 20)))  # 20 wake-ups a second at most
+        per_batch = math.ceil(len(sockets) / batches)
+        while loop.time() < deadline:
+            for start in range(0, len(sockets), per_batch):
+                for ws in sockets[start:start + per_batch]:
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await ws.send_str("\n")
+                await asyncio.sleep(interval / batches)
 
     def _expected_here(self) -> int | None:
         """Deliveries this shard's fast subscribers should get, if its publishers are all here."""
@@ -704,8 +740,9 @@ class LoadGen:
                     await asyncio.wait_for(ws.close(), 2.0)
 
         await asyncio.gather(*(close_one(ws) for ws in sockets))
-        if self._session is not None:
-            await self._session.close()
+        for session in self._sessions:
+            await session.close()
+        self._sessions.clear()
 
 
 # --- process entry -------------------------------------------------------------------------------

@@ -20,6 +20,13 @@ Figures are medians over the repetitions (lost, duplicated, out of order: the wo
 `--quick` is a few-seconds smoke run of chat_server only (the CI test runs it).
 `--broker rabbitmq,nats,...` runs (a) and (b) with two workers on each engine named (redis,
 redis-cluster, rabbitmq, nats, kafka), each broker private to its run.
+`--database postgres` puts every chat_server target on a private PostgreSQL server started per
+run (fsync on), its CPU time counted as the server's.
+`--idle-connections N` holds N connections in (c) instead of 5 000, with STOMP heart-beats at the
+server's default interval, from as many loopback source addresses (127.0.0.2, ...) as the
+ephemeral port range needs; it reports RSS per connection and the server's CPU over the hold (%
+of one core), and says so when the fd limit (`ulimit -Hn`) caps N.
+With `--repeat` above 1, the main figures show `median (min-max)`.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import json
 import math
 import os
 import queue
+import resource
 import secrets
 import shutil
 import signal
@@ -54,6 +62,7 @@ from benchmarks.report import (
     verdicts,
 )
 from benchmarks.servers import (
+    DATABASES,
     REPO_ROOT,
     ChatTarget,
     Layout,
@@ -68,6 +77,12 @@ MiB = 2**20
 OUTBOX_BYTES = 524288  # chat_server's default CHAT_OUTBOX_BYTES
 SEARCH_RATES = (100, 200, 350, 500, 1000, 1500, 2000, 3000, 4000, 6000, 8000)
 SEARCH_P99_MS = 50.0
+#: Descriptors a process keeps for itself beside its connections (logs, database, broker, ...).
+FD_RESERVE = 200
+#: Connections per loopback source address: below the default ephemeral range (32768-60999).
+PER_SOURCE_ADDRESS = 25_000
+#: The heart-beat interval idle clients negotiate at scale: chat_server's CHAT_HEARTBEAT_MS.
+IDLE_HEARTBEAT_MS = 10_000
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,10 @@ class Scenario:
     typing_fraction: float = 0.0
     idle: bool = False
     quiet_s: float = 1.0
+    heartbeat_ms: int = 0
+    source_addresses: tuple[str, ...] = ()
+    #: Why the scenario holds fewer connections than asked, if it does.
+    note: str = ""
 
 
 FULL = {
@@ -206,7 +225,9 @@ def _plans(target: Target, scenario: Scenario, servers: Servers, secret: str,
         window=scenario.window, duration_s=scenario.duration_s,
         slow_fraction=scenario.slow_fraction, typing_fraction=scenario.typing_fraction,
         jwt_secret=secret if target.kind == "chat" else None,
-        quiet_s=scenario.quiet_s, shards=shards,
+        quiet_s=scenario.quiet_s, shards=shards, heartbeat_ms=scenario.heartbeat_ms,
+        source_addresses=list(scenario.source_addresses),
+        setup_timeout_s=max(120.0, layout.rooms * layout.subs_per_room / 200 / shards),
     )
     return [replace(base, shard=index) for index in range(shards)]
 
@@ -271,6 +292,8 @@ def _figures(scenario: Scenario, merged: dict[str, float], server_cpu: float, rs
     if scenario.idle:
         held = sorted(samples)[len(samples) // 2]
         figures["kib_per_conn"] = (held - rss_base) / 1024 / max(merged["subscribers"], 1)
+        # Heart-beats, pings and timers: the server's CPU over the hold, % of one core.
+        figures["idle_cpu_pct"] = 100 * server_cpu / max(merged["wall_s"], 1e-9)
         for key in ("p50", "p90", "p99", "max", "lost", "duplicated", "out_of_order"):
             figures[key] = math.nan
         return figures
@@ -310,13 +333,16 @@ class Bench:
             runs.append(figures)
             if scenario.idle:
                 print(f" {figures['kib_per_conn']:.1f} KiB per connection, "
-                      f"{figures['connect_rate']:.0f} connections/s", file=sys.stderr)
+                      f"{figures['connect_rate']:.0f} connections/s, idle CPU "
+                      f"{figures['idle_cpu_pct']:.1f}% of a core", file=sys.stderr)
             else:
                 print(f" p99 {figures['p99']:.1f} ms, {figures['received']:.0f} deliveries",
                       file=sys.stderr)
         row = combine(target.label, scenario.name, runs) if runs else Row(target.label,
                                                                          scenario.name)
         row.failures = failures
+        if scenario.note:
+            row.failures.insert(0, scenario.note)
         return row
 
     def _one(self, target: Target, scenario: Scenario, profile: Path | None = None
@@ -365,6 +391,23 @@ def _scaled(spec: Scenario, scale: float) -> Scenario:
     return replace(spec, duration_s=max(1.0, spec.duration_s * scale))
 
 
+def idle_at_scale(spec: Scenario, wanted: int, fd_limit: int, loadgen_procs: int) -> Scenario:
+    """Scenario (c) with `wanted` connections, as many as the fd limit lets one worker hold.
+
+    The worker holds every connection, so its limit caps N; the load generator's processes
+    share them. Past one address's ephemeral ports, connections come from 127.0.0.2, .3, ...
+    """
+    cap = min(fd_limit - FD_RESERVE, loadgen_procs * (fd_limit - FD_RESERVE))
+    held = min(wanted, cap)
+    note = ""
+    if held < wanted:
+        note = (f"{wanted} connections asked, {held} held: capped by the fd limit "
+                f"(ulimit -Hn {fd_limit}, {FD_RESERVE} kept for the worker's own files)")
+    addresses = tuple(f"127.0.0.{2 + i}" for i in range(math.ceil(held / PER_SOURCE_ADDRESS)))
+    return replace(spec, layout=Layout(held, 1, 0), heartbeat_ms=IDLE_HEARTBEAT_MS,
+                   source_addresses=addresses, note=note)
+
+
 def _machine() -> dict[str, Any]:
     model = "?"
     with contextlib.suppress(OSError):
@@ -381,14 +424,18 @@ def _machine() -> dict[str, Any]:
         "ram_gib": round(mem_kib / 2**20, 1),
         "loadavg": Path("/proc/loadavg").read_text().split()[:3],
         "python": sys.version.split()[0],
+        "fd_limit": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
     }
 
 
 def _targets(args: argparse.Namespace, root: Path, secret: str) -> tuple[dict[str, list[Target]],
                                                                           dict[str, str]]:
-    chat1 = ChatTarget("chat_server", root, secret=secret)
+    database = args.database
+    on = "" if database == "sqlite" else f" {database}"
+    chat1 = ChatTarget(f"chat_server{on}", root, secret=secret, database=database)
     has_redis = shutil.which("redis-server") is not None or Path("/usr/sbin/redis-server").exists()
-    chat2 = (ChatTarget("chat_server 2w+redis", root, workers=2, broker="redis", secret=secret)
+    chat2 = (ChatTarget(f"chat_server 2w+redis{on}", root, workers=2, broker="redis",
+                        secret=secret, database=database)
              if has_redis else chat1)
     engines = [e.strip() for e in (args.broker or "").split(",") if e.strip()]
     unknown = sorted(set(engines) - set(BROKER_SERVERS))
@@ -396,7 +443,8 @@ def _targets(args: argparse.Namespace, root: Path, secret: str) -> tuple[dict[st
         raise SystemExit(f"--broker: unknown engine(s) {', '.join(unknown)} "
                          f"(use {', '.join(BROKER_SERVERS)})")
     per_engine: list[Target] = [
-        ChatTarget(f"chat_server 2w+{engine}", root, workers=2, broker=engine, secret=secret)
+        ChatTarget(f"chat_server 2w+{engine}{on}", root, workers=2, broker=engine, secret=secret,
+                   database=database)
         for engine in engines
     ]
     wanted = set(args.targets.split(","))
@@ -433,6 +481,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--broker", default=None,
                         help="comma list of broker engines for (a) and (b), two workers each: "
                              "redis, redis-cluster, rabbitmq, nats, kafka")
+    parser.add_argument("--database", choices=DATABASES, default="sqlite",
+                        help="chat_server's database: a SQLite file, or a private PostgreSQL "
+                             "server per run")
+    parser.add_argument("--idle-connections", type=int, default=None, metavar="N",
+                        help="connections held in (c) (5 000; capped by the fd limit)")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiply every duration (e.g. 0.3 for a shorter full run)")
     parser.add_argument("--rate", type=float, default=None,
@@ -472,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM as an exception, so the finally below stops the servers and the RabbitMQ node.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     repeat = args.repeat or (1 if args.quick else 3)
-    raise_fd_limit()  # the servers we start inherit it
+    fd_limit = raise_fd_limit()  # the servers we start inherit it
     root = Path(tempfile.mkdtemp(prefix="chat-bench-"))
     secret = secrets.token_urlsafe(32)
     targets, labels = _targets(args, root, secret)
@@ -480,6 +533,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                  else FULL).items()}
     if args.rate is not None:
         specs.update({name: replace(specs[name], rate=args.rate) for name in ("b", "d")})
+    if args.idle_connections is not None:
+        specs["c"] = idle_at_scale(specs["c"], args.idle_connections, fd_limit,
+                                   args.loadgen_procs)
+        if specs["c"].note:
+            print(f"(c): {specs['c'].note}", file=sys.stderr)
     profile_dir = None
     if args.profile:
         profile_dir = REPO_ROOT / "benchmarks" / "results"
@@ -514,7 +572,8 @@ def _print(machine: dict[str, Any], rows: list[Row], searches: list[str], profil
            found: list[Any], repeat: int, elapsed: float, args: argparse.Namespace) -> None:
     print(f"\nmachine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['ram_gib']} GiB RAM, "
           f"load average {' '.join(machine['loadavg'])} at start, "
-          f"{' '.join(machine['loadavg_end'])} at the end; Python {machine['python']}")
+          f"{' '.join(machine['loadavg_end'])} at the end; Python {machine['python']}; "
+          f"fd limit (soft, hard) {tuple(machine['fd_limit'])}")
     print(f"medians of {repeat} run(s) (lost/dup/ooo: the worst run); latencies in ms; "
           f"server CPU s over the load; RSS: peak of all server processes; gen CPU%: the load "
           f"generator, % of one core; {elapsed:.0f} s in all\n")

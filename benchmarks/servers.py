@@ -2,8 +2,9 @@
 
 `ChatTarget`: `python -m chat_server serve` workers (one, or several behind a private broker of
 any engine: Redis, Redis Cluster, RabbitMQ, NATS, Kafka) on a SQLite database seeded with the
-scenario's rooms. `RabbitTarget`: a private RabbitMQ node with
-only Web-STOMP enabled, on free ports, its files in a temp dir (never the machine's own node).
+scenario's rooms, or on a private PostgreSQL server started per run (`database="postgres"`).
+`RabbitTarget`: a private RabbitMQ node with only Web-STOMP enabled, on free ports, its files in
+a temp dir (never the machine's own node).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from benchmarks.loadgen import pub_user, publisher_of, sub_user
 from tests.services import (
     BrokerServer,
+    PostgresServer,
     RedisClusterServer,
     free_port,
     start_broker,
@@ -163,6 +165,18 @@ async def _seed(database_url: str, layout: Layout) -> None:
         await store.close()
 
 
+class DurablePostgres(PostgresServer):
+    """The tests' private PostgreSQL with their speed-ups taken out (`fsync=off`,
+    `full_page_writes=off`): a commit is as durable as SQLite's `synchronous=FULL` one."""
+
+    def _server_options(self) -> str:
+        options = super()._server_options().replace("-c fsync=off", "")
+        return options.replace("-c full_page_writes=off", "")
+
+
+DATABASES = ("sqlite", "postgres")
+
+
 def broker_pgids(server: BrokerServer) -> set[int]:
     """The process groups of a broker (each node of a Redis Cluster is one)."""
     nodes = server.nodes if isinstance(server, RedisClusterServer) else [server]
@@ -177,11 +191,15 @@ class ChatTarget:
     kind = "chat"
 
     def __init__(self, label: str, root: Path, *, workers: int = 1, broker: str | None = None,
-                 secret: str, env: dict[str, str] | None = None) -> None:
+                 secret: str, env: dict[str, str] | None = None,
+                 database: str = "sqlite") -> None:
+        if database not in DATABASES:
+            raise ValueError(f"unknown database {database!r} (use {', '.join(DATABASES)})")
         self.label = label
         self.root = root
         self.workers = workers
         self.broker = broker
+        self.database = database
         self.secret = secret
         self.extra_env = env or {}
         self._seeds: dict[Layout, Path] = {}
@@ -202,16 +220,33 @@ class ChatTarget:
             self._seeds[layout] = seed
         return seed
 
+    def _database(self, layout: Layout, run_dir: Path, pgids: set[int]) -> str:
+        """A fresh database holding the layout's rooms, private to this run: its URL."""
+        if self.database == "sqlite":
+            db = run_dir / "chat.db"
+            shutil.copyfile(self._seed_file(layout), db)
+            return f"sqlite:///{db}"
+        server = DurablePostgres(run_dir)
+        self._broker_teardown.callback(server.cleanup)
+        server.start()
+        if server.pid is not None:
+            pgids.add(server.pid)  # pg_ctl gives the postmaster a session (and group) of its own
+        asyncio.run(_seed(server.url, layout))
+        return server.url
+
     def start(self, layout: Layout) -> Servers:
-        seed = self._seed_file(layout)
         self._run += 1
         run_dir = self.run_dir = self.root / f"{self.label.replace(' ', '_')}-run{self._run}"
         run_dir.mkdir(parents=True)
-        db = run_dir / "chat.db"
-        shutil.copyfile(seed, db)
+        pgids: set[int] = set()
+        try:
+            database_url = self._database(layout, run_dir, pgids)
+        except BaseException:
+            self.stop()
+            raise
         env = {
             **os.environ,
-            "DATABASE_URL": f"sqlite:///{db}",
+            "DATABASE_URL": database_url,
             "CHAT_JWT_SECRET": self.secret,
             "CHAT_FRAMES_PER_S": "0",
             "CHAT_MAX_CONNECTIONS_PER_IP": "0",
@@ -222,7 +257,6 @@ class ChatTarget:
         }
         env.pop("REDIS_URL", None)
         env.pop("CHAT_BROKER_URL", None)
-        pgids: set[int] = set()
         if self.broker is not None:
             server = start_broker(self.broker, run_dir / "broker", self._broker_teardown)
             pgids |= broker_pgids(server)
