@@ -51,15 +51,18 @@ def _stat_fields(pid: int) -> list[str] | None:
     return raw.rsplit(")", 1)[-1].split()
 
 
-def pids_in_groups(pgids: set[int]) -> list[int]:
-    """Every live process whose process group is one of `pgids` (a server and its helpers)."""
+def pids_in_groups(pgids: set[int], parents: frozenset[int] = frozenset()) -> list[int]:
+    """Every live process whose process group is one of `pgids` (a server and its helpers), or
+    whose parent is one of `parents` (PostgreSQL's backends each start a session of their own)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         fields = _stat_fields(int(entry.name))
-        # fields[0] is the state, [2] the process group.
-        if fields is not None and fields[0] != "Z" and int(fields[2]) in pgids:
+        # fields[0] is the state, [1] the parent, [2] the process group.
+        if fields is not None and fields[0] != "Z" and (
+            int(fields[2]) in pgids or int(fields[1]) in parents
+        ):
             found.append(int(entry.name))
     return found
 
@@ -121,9 +124,11 @@ class Servers:
     #: The chat_server worker to profile (None for RabbitMQ).
     profile_pid: int | None = None
     pids: list[int] = field(default_factory=list)
+    #: Processes whose children count too, whatever their group (a PostgreSQL postmaster).
+    parents: frozenset[int] = frozenset()
 
     def refresh(self) -> list[int]:
-        self.pids = pids_in_groups(self.pgids)
+        self.pids = pids_in_groups(self.pgids, self.parents)
         return self.pids
 
 
@@ -206,6 +211,7 @@ class ChatTarget:
         self._procs: list[subprocess.Popen[bytes]] = []
         self._broker_teardown = contextlib.ExitStack()
         self._run = 0
+        self._parents: set[int] = set()
         self.restart_each_run = True
         self.run_dir: Path | None = None
 
@@ -230,7 +236,9 @@ class ChatTarget:
         self._broker_teardown.callback(server.cleanup)
         server.start()
         if server.pid is not None:
-            pgids.add(server.pid)  # pg_ctl gives the postmaster a session (and group) of its own
+            # pg_ctl gives the postmaster a session of its own, and each backend starts another.
+            pgids.add(server.pid)
+            self._parents.add(server.pid)
         asyncio.run(_seed(server.url, layout))
         return server.url
 
@@ -239,6 +247,7 @@ class ChatTarget:
         run_dir = self.run_dir = self.root / f"{self.label.replace(' ', '_')}-run{self._run}"
         run_dir.mkdir(parents=True)
         pgids: set[int] = set()
+        self._parents.clear()
         try:
             database_url = self._database(layout, run_dir, pgids)
         except BaseException:
@@ -278,7 +287,8 @@ class ChatTarget:
             self.stop()
             raise
         urls = [f"ws://127.0.0.1:{port}/ws" for port in ports]
-        return Servers(urls, pgids, profile_pid=self._procs[0].pid)
+        return Servers(urls, pgids, profile_pid=self._procs[0].pid,
+                       parents=frozenset(self._parents))
 
     def _wait_ready(self, index: int, port: int) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
