@@ -132,6 +132,8 @@ def table(rows: list[Row]) -> str:
         if row.get("typing_sent") > 0:
             notes.append(f"typing SENDs {row.get('typing_sent'):.0f}, "
                          f"room events {row.get('events'):.0f}")
+        if row.get("broker_cpu_s") > 0:
+            notes.append(f"of the srv CPU, the broker's {row.get('broker_cpu_s'):.1f} s")
         for key in ("errors", "setup_failures", "unreceipted"):
             if row.get(key) > 0:
                 notes.append(f"{key} {row.get(key):.0f}")

@@ -69,6 +69,7 @@ from benchmarks.servers import (
     RabbitTarget,
     Servers,
     cpu_seconds,
+    pids_in_groups,
     rss_bytes,
 )
 from tests.services import BROKER_SERVERS
@@ -244,6 +245,13 @@ def _start_profiler(pid: int | None, seconds: float, out: Path) -> subprocess.Po
     )
 
 
+def _profile_paths(out: Path, workers: int) -> list[Path]:
+    """One raw profile per worker: `out` itself for one, `out-w0.txt`, `out-w1.txt`, ... else."""
+    if workers <= 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-w{index}{out.suffix}") for index in range(workers)]
+
+
 def run_once(target: Target, scenario: Scenario, *, secret: str, work: Path, shards: int,
              profile_to: Path | None = None) -> dict[str, float]:
     servers = target.start(scenario.layout)
@@ -255,21 +263,29 @@ def run_once(target: Target, scenario: Scenario, *, secret: str, work: Path, sha
         for shard in running:
             shard.wait_for("READY", setup_deadline)
         pids = servers.refresh()
-        profiler = (_start_profiler(servers.profile_pid, scenario.duration_s, profile_to)
-                    if profile_to is not None else None)
+        profilers = [] if profile_to is None else [
+            _start_profiler(pid, scenario.duration_s, out) for pid, out in
+            zip(servers.worker_pids, _profile_paths(profile_to, len(servers.worker_pids)),
+                strict=True)
+        ]
+        brokers = pids_in_groups(servers.broker_pgids)
         sampler = RssSampler(pids)
         sampler.start()
         cpu0 = cpu_seconds(pids)
+        broker0 = cpu_seconds(brokers)
         for shard in running:
             shard.go()
         end_deadline = time.monotonic() + scenario.duration_s + 60
         for shard in running:
             shard.wait_for("LOADEND", end_deadline)
         cpu1 = cpu_seconds(pids)
+        broker1 = cpu_seconds(brokers)
         samples = sampler.finish()
         results = [json.loads(shard.wait_for("RESULT", time.monotonic() + 60))
                    for shard in running]
-        if profiler is not None:
+        for profiler in profilers:
+            if profiler is None:
+                continue
             try:
                 profiler.wait(15)
             except subprocess.TimeoutExpired:
@@ -279,7 +295,9 @@ def run_once(target: Target, scenario: Scenario, *, secret: str, work: Path, sha
         for shard in running:
             shard.kill()
         target.stop()
-    return _figures(scenario, merge_shards(results), cpu1 - cpu0, rss_base, samples)
+    figures = _figures(scenario, merge_shards(results), cpu1 - cpu0, rss_base, samples)
+    figures["broker_cpu_s"] = broker1 - broker0 if brokers else math.nan
+    return figures
 
 
 def _figures(scenario: Scenario, merged: dict[str, float], server_cpu: float, rss_base: int,
@@ -359,9 +377,17 @@ class Bench:
             self._one(target, scenario, profile=out)
         except (RunFailed, RuntimeError, OSError, subprocess.SubprocessError) as exc:
             return f"profile of {target.label} {scenario.name} failed: {exc}"
-        if not out.exists():
-            return f"profile of {target.label} {scenario.name}: py-spy wrote nothing"
-        return f"== {target.label}, scenario {scenario.name}\n" + summarize_profile(out)
+        texts = []
+        paths = _profile_paths(out, getattr(target, "workers", 1))
+        for index, path in enumerate(paths):
+            worker = f", worker {index}" if len(paths) > 1 else ""
+            if not path.exists():
+                texts.append(f"profile of {target.label} {scenario.name}{worker}: py-spy wrote "
+                             "nothing")
+                continue
+            texts.append(f"== {target.label}, scenario {scenario.name}{worker}\n"
+                         + summarize_profile(path))
+        return "\n\n".join(texts)
 
     def search(self, target: Target) -> tuple[str, list[Row]]:
         """Rate steps up from 100 msg/s until p99 >= 50 ms, the rate is not reached, or loss."""

@@ -121,8 +121,10 @@ class Servers:
 
     urls: list[str]
     pgids: set[int]
-    #: The chat_server worker to profile (None for RabbitMQ).
-    profile_pid: int | None = None
+    #: The chat_server workers, each profiled on its own (none for RabbitMQ).
+    worker_pids: list[int] = field(default_factory=list)
+    #: The broker between the workers: its CPU time is reported apart too.
+    broker_pgids: set[int] = field(default_factory=set)
     pids: list[int] = field(default_factory=list)
     #: Processes whose children count too, whatever their group (a PostgreSQL postmaster).
     parents: frozenset[int] = frozenset()
@@ -266,9 +268,11 @@ class ChatTarget:
         }
         env.pop("REDIS_URL", None)
         env.pop("CHAT_BROKER_URL", None)
+        brokers: set[int] = set()
         if self.broker is not None:
             server = start_broker(self.broker, run_dir / "broker", self._broker_teardown)
-            pgids |= broker_pgids(server)
+            brokers = broker_pgids(server)
+            pgids |= brokers
             env["CHAT_BROKER_URL"] = server.url
         ports = [free_port() for _ in range(self.workers)]
         for index, port in enumerate(ports):
@@ -287,8 +291,8 @@ class ChatTarget:
             self.stop()
             raise
         urls = [f"ws://127.0.0.1:{port}/ws" for port in ports]
-        return Servers(urls, pgids, profile_pid=self._procs[0].pid,
-                       parents=frozenset(self._parents))
+        return Servers(urls, pgids, worker_pids=[proc.pid for proc in self._procs],
+                       broker_pgids=brokers, parents=frozenset(self._parents))
 
     def _wait_ready(self, index: int, port: int) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
