@@ -57,3 +57,32 @@ def test_quick_typing_scenario_runs_without_loss(tmp_path: Path) -> None:
     assert row["typing_sent"] > 0 and row["events"] > 0, row
     assert (row["lost"], row["duplicated"], row["out_of_order"]) == (0, 0, 0), row
     assert row["setup_failures"] == 0 and row["errors"] == 0, row
+
+
+def test_table_shows_the_spread_of_several_runs() -> None:
+    from benchmarks.report import combine, table
+
+    runs = [{"deliveries_per_cpu_s": value, "p99": 10.0, "lost": lost}
+            for value, lost in ((9000.0, 0.0), (10000.0, 2.0), (12000.0, 0.0))]
+    row = combine("chat_server", "b", runs)
+    text = table([row])
+    assert "10000 (9000-12000)" in text, text
+    assert "10.0 (10.0-10.0)" in text, text  # p99, a main figure
+    assert row.get("lost") == 2  # a correctness counter: the worst run, no spread
+    single = table([combine("chat_server", "b", runs[:1])])
+    assert "9000" in single and "(9000-9000)" not in single, single
+
+
+def test_idle_connections_past_the_fd_limit_are_capped_and_said_so() -> None:
+    from benchmarks.run import FD_RESERVE, FULL, idle_at_scale
+
+    capped = idle_at_scale(FULL["c"], 100_000, fd_limit=20_000, loadgen_procs=1)
+    assert capped.layout.rooms == 20_000 - FD_RESERVE
+    assert "capped by the fd limit" in capped.note and "20000" in capped.note
+    assert capped.source_addresses == ("127.0.0.2",)
+    assert capped.heartbeat_ms > 0
+
+    roomy = idle_at_scale(FULL["c"], 100_000, fd_limit=1 << 20, loadgen_procs=4)
+    assert roomy.layout.rooms == 100_000 and roomy.note == ""
+    # Past one address's ephemeral ports, more loopback source addresses.
+    assert roomy.source_addresses == ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
