@@ -23,6 +23,8 @@ class Row:
     figures: dict[str, float] = field(default_factory=dict)
     runs: int = 0
     failures: list[str] = field(default_factory=list)
+    #: Said beside the figures, not a failure (e.g. the fd limit capped the connections).
+    remarks: list[str] = field(default_factory=list)
 
     def get(self, key: str) -> float:
         return self.figures.get(key, math.nan)
@@ -126,7 +128,7 @@ def table(rows: list[Row]) -> str:
     headers = ["target", "scenario", *(header for header, _, _ in COLUMNS), "notes"]
     body = []
     for row in rows:
-        notes = []
+        notes = list(row.remarks)
         if row.get("slow_subscribers") > 0:
             notes.append(f"slow {row.get('slow_subscribers'):.0f}, cut {row.get('slow_cut'):.0f}")
         if row.get("typing_sent") > 0:

@@ -360,7 +360,7 @@ class Bench:
                                                                          scenario.name)
         row.failures = failures
         if scenario.note:
-            row.failures.insert(0, scenario.note)
+            row.remarks.append(scenario.note)
         return row
 
     def _one(self, target: Target, scenario: Scenario, profile: Path | None = None
