@@ -586,7 +586,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.write_text(json.dumps({
             "machine": machine, "repeat": repeat, "quick": args.quick,
             "rows": [{"target": r.target, "scenario": r.scenario, "runs": r.runs,
-                      "failures": r.failures, **r.figures} for r in rows],
+                      "failures": r.failures, "remarks": r.remarks, **r.figures}
+                     for r in rows],
             "verdicts": [asdict(v) for v in found], "search": searches,
         }, indent=1, default=str, allow_nan=True))
     failed_runs = any(row.failures for row in rows)
