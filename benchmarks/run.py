@@ -228,9 +228,15 @@ def _plans(target: Target, scenario: Scenario, servers: Servers, secret: str,
         jwt_secret=secret if target.kind == "chat" else None,
         quiet_s=scenario.quiet_s, shards=shards, heartbeat_ms=scenario.heartbeat_ms,
         source_addresses=list(scenario.source_addresses),
-        setup_timeout_s=max(120.0, layout.rooms * layout.subs_per_room / 200 / shards),
+        setup_timeout_s=setup_timeout_s(layout, shards),
     )
     return [replace(base, shard=index) for index in range(shards)]
+
+
+def setup_timeout_s(layout: Layout, shards: int) -> float:
+    """Time for one shard to connect and subscribe its share: a busy 2-core machine has managed
+    about 150 connections a second; allow a third of that."""
+    return max(120.0, layout.rooms * layout.subs_per_room / shards / 50)
 
 
 def _start_profiler(pid: int | None, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
@@ -259,7 +265,7 @@ def run_once(target: Target, scenario: Scenario, *, secret: str, work: Path, sha
     try:
         rss_base = rss_bytes(servers.refresh())
         running = [Shard(plan, work) for plan in _plans(target, scenario, servers, secret, shards)]
-        setup_deadline = time.monotonic() + 300
+        setup_deadline = time.monotonic() + setup_timeout_s(scenario.layout, shards) + 60
         for shard in running:
             shard.wait_for("READY", setup_deadline)
         pids = servers.refresh()
