@@ -485,6 +485,7 @@ class LoadGen:
         #: One client session per source address (a connector binds one local address).
         self._sessions: list[aiohttp.ClientSession] = []
         self._opened = 0
+        self._beats: asyncio.Task[None] | None = None
 
     def _url(self, index: int) -> str:
         return self.plan.urls[index % len(self.plan.urls)]
@@ -576,6 +577,8 @@ class LoadGen:
             )
             self._sessions.append(aiohttp.ClientSession(connector=connector))
         gate = asyncio.Semaphore(self.plan.connect_concurrency)
+        if self.plan.heartbeat_ms > 0:
+            self._beats = asyncio.create_task(self._heartbeats())
         started = time.monotonic()
         async with asyncio.timeout(self.plan.setup_timeout_s):
             await asyncio.gather(*(self._setup_subscriber(s, gate) for s in self.subscribers))
@@ -602,14 +605,10 @@ class LoadGen:
         typists = [self._type(sub, deadline) for sub in self.subscribers
                    if sub.typist and sub.ws is not None]
         runs = [pub.run(deadline, interval) for pub in self.publishers if pub.ws is not None]
-        beats = (asyncio.create_task(self._heartbeats(deadline)) if plan.heartbeat_ms > 0
-                 else None)
         if runs or typists:
             await asyncio.gather(*runs, *typists)
         else:
             await asyncio.sleep(plan.duration_s)
-        if beats is not None:
-            beats.cancel()
         await self._drain(loop.time() + plan.drain_s)
         self.result.load_end_ns = time.time_ns()
         self.result.cpu_s = time.process_time() - cpu0
@@ -631,22 +630,20 @@ class LoadGen:
                 return
             sub.typed += 1
 
-    async def _heartbeats(self, deadline: float) -> None:
-        """An EOL from every subscriber once per heart-beat interval, spread evenly over it
-        (the server closes a peer silent for twice its interval)."""
-        loop = asyncio.get_running_loop()
-        sockets = [s.ws for s in self.subscribers if s.ws is not None]
-        if not sockets:
-            return
+    async def _heartbeats(self) -> None:
+        """An EOL from every connected subscriber once per heart-beat interval, spread evenly
+        over it, from the first connection on: the server closes a peer silent for twice its
+        interval, and setting up thousands takes longer than that."""
         interval = self.plan.heartbeat_ms / 1000
-        batches = max(1, min(len(sockets), int(interval * 20)))  # 20 wake-ups a second at most
-        per_batch = math.ceil(len(sockets) / batches)
-        while loop.time() < deadline:
-            for start in range(0, len(sockets), per_batch):
-                for ws in sockets[start:start + per_batch]:
+        slices = max(1, int(interval * 20))  # 20 wake-ups a second at most
+        while True:
+            sockets = [s.ws for s in self.subscribers if s.ws is not None and not s.closed]
+            per_slice = max(1, math.ceil(len(sockets) / slices))
+            for start in range(0, per_slice * slices, per_slice):
+                for ws in sockets[start:start + per_slice]:
                     with contextlib.suppress(ConnectionError, RuntimeError):
                         await ws.send_str("\n")
-                await asyncio.sleep(interval / batches)
+                await asyncio.sleep(interval / slices)
 
     def _expected_here(self) -> int | None:
         """Deliveries this shard's fast subscribers should get, if its publishers are all here."""
@@ -727,6 +724,8 @@ class LoadGen:
             self.result.slow_cut = sum(await asyncio.gather(*(cut(s) for s in slow)))
 
     async def close(self) -> None:
+        if self._beats is not None:
+            self._beats.cancel()
         sockets = [s.ws for s in self.subscribers if s.ws is not None]
         sockets += [p.ws for p in self.publishers if p.ws is not None]
         for sub in self.subscribers:

@@ -198,8 +198,10 @@ def verdicts(rows: list[Row], chat_labels: dict[str, str], rabbit: str,
     if c is not None:
         rc = _find(rows, rabbit, "c")
         versus = f" (RabbitMQ {rc.get('kib_per_conn'):.1f})" if rc else ""
+        # Every connection held to the end: none refused, sent an ERROR or closed early.
+        held = all(c.get(key) == 0 for key in ("setup_failures", "errors", "closed_early"))
         found.append(Verdict("(c) idle", c.get("kib_per_conn") <= 25 and not c.failures
-                             and c.get("setup_failures") == 0,
+                             and held,
                              f"{c.get('kib_per_conn'):.1f} KiB per connection (<= 25){versus}, "
                              f"{c.get('connect_rate'):.0f} connections/s"))
     d = _find(rows, chat_labels.get("d", ""), "d")
