@@ -86,3 +86,18 @@ def test_idle_connections_past_the_fd_limit_are_capped_and_said_so() -> None:
     assert roomy.layout.rooms == 100_000 and roomy.note == ""
     # Past one address's ephemeral ports, more loopback source addresses.
     assert roomy.source_addresses == ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
+
+
+def test_idle_verdict_fails_when_connections_were_not_held() -> None:
+    from benchmarks.report import Row, verdicts
+
+    def idle(**figures: float) -> Row:
+        base = {"kib_per_conn": 20.0, "setup_failures": 0.0, "errors": 0.0,
+                "closed_early": 0.0, "connect_rate": 100.0}
+        return Row("chat_server", "c", {**base, **figures}, runs=1)
+
+    [held] = verdicts([idle()], {"c": "chat_server"}, "rabbitmq", 1)
+    assert held.passed is True
+    for key in ("errors", "closed_early", "setup_failures"):
+        [dropped] = verdicts([idle(**{key: 3.0})], {"c": "chat_server"}, "rabbitmq", 1)
+        assert dropped.passed is False, key
