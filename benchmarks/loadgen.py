@@ -694,7 +694,9 @@ class LoadGen:
             result.error_samples.append(sub.error_text)
         result.typing_sent += sub.typed
         result.events += sub.events
-        if sub.slow:
+        if sub.slow or sub.task is None:
+            # A slow one is judged apart; one that never subscribed (a setup failure, counted
+            # as such) was owed nothing, so its room's messages are not lost on it.
             return
         key = str(sub.room_index)
         result.room_subs[key] = result.room_subs.get(key, 0) + 1

@@ -101,3 +101,23 @@ def test_idle_verdict_fails_when_connections_were_not_held() -> None:
     for key in ("errors", "closed_early", "setup_failures"):
         [dropped] = verdicts([idle(**{key: 3.0})], {"c": "chat_server"}, "rabbitmq", 1)
         assert dropped.passed is False, key
+
+
+async def test_a_subscriber_that_never_subscribed_is_owed_nothing() -> None:
+    """Its setup failure is counted as one; its room's messages are not also counted lost."""
+    import asyncio
+
+    from benchmarks.loadgen import Histogram, LoadGen, Plan, Subscriber
+
+    plan = Plan(target="chat", urls=["ws://127.0.0.1:1/ws"], room_ids=[1, 2], subs_per_room=1,
+                publishers=0, rate=0, window=1, duration_s=1)
+    gen = LoadGen(plan)
+    failed = Subscriber(0, 0, False, Histogram())
+    held = Subscriber(1, 1, False, Histogram())
+    held.task = asyncio.create_task(asyncio.sleep(0))
+    await held.task
+    held.unique = held.received = 3
+    for sub in (failed, held):
+        gen._collect(sub)
+    assert gen.result.room_subs == {"1": 1}
+    assert gen.result.room_unique == {"1": 3}
