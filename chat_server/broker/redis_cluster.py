@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from chat_server.broker.supervised import ConnectionLost, SupervisedBroker
 
