@@ -301,6 +301,10 @@ def run_once(target: Target, scenario: Scenario, *, secret: str, work: Path, sha
         for shard in running:
             shard.kill()
         target.stop()
+    said = [text for result in results
+            for text in result.get("setup_errors", []) + result.get("error_samples", [])]
+    if said:  # what went wrong, in the server's or the client's words
+        print(f" [first error: {said[0][:200]!r}]", end="", file=sys.stderr)
     figures = _figures(scenario, merge_shards(results), cpu1 - cpu0, rss_base, samples)
     figures["broker_cpu_s"] = broker1 - broker0 if brokers else math.nan
     return figures
