@@ -70,6 +70,11 @@ class Plan:
     #: The run ends early once no delivery arrived for this long after the last receipt.
     quiet_s: float = 1.0
     setup_timeout_s: float = 120.0
+    #: STOMP heart-beats both ways (ms, 0: none); subscribers send an EOL this often.
+    heartbeat_ms: int = 0
+    #: Loopback source addresses to connect from, in turn (empty: the system's choice). Each
+    #: gives its own ephemeral port range, so past ~28 000 connections to one port.
+    source_addresses: list[str] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Plan:
@@ -212,7 +217,8 @@ def connect_frame(plan: Plan, user: str) -> str:
     else:
         auth = "login:guest\npasscode:guest\n"
         host = "/"
-    return f"CONNECT\naccept-version:1.2\nhost:{host}\n{auth}heart-beat:0,0\n\n\0"
+    beat = plan.heartbeat_ms
+    return f"CONNECT\naccept-version:1.2\nhost:{host}\n{auth}heart-beat:{beat},{beat}\n\n\0"
 
 
 def _mint(secret: str, user: str) -> str:
@@ -476,15 +482,20 @@ class LoadGen:
         self.subscribers: list[Subscriber] = []
         self.publishers: list[Publisher] = []
         self.result = ShardResult(shard=plan.shard)
-        self._session: aiohttp.ClientSession | None = None
+        #: One client session per source address (a connector binds one local address).
+        self._sessions: list[aiohttp.ClientSession] = []
+        self._opened = 0
+        self._beats: asyncio.Task[None] | None = None
 
     def _url(self, index: int) -> str:
         return self.plan.urls[index % len(self.plan.urls)]
 
     async def _open(self, url: str, user: str) -> tuple[aiohttp.ClientWebSocketResponse,
                                                        list[str], list[str]]:
-        assert self._session is not None
-        ws = await self._session.ws_connect(
+        assert self._sessions
+        session = self._sessions[self._opened % len(self._sessions)]
+        self._opened += 1
+        ws = await session.ws_connect(
             url, protocols=SUBPROTOCOLS, autoping=True, heartbeat=None, compress=0,
             max_msg_size=0,
         )
@@ -558,9 +569,16 @@ class LoadGen:
     async def setup(self) -> None:
         self._build()
         # No per-host connection cap: every WebSocket holds its connection for the whole run.
-        connector = aiohttp.TCPConnector(limit=0, force_close=False)
-        self._session = aiohttp.ClientSession(connector=connector)
+        addresses: list[str | None] = [*self.plan.source_addresses] or [None]
+        for address in addresses:
+            connector = aiohttp.TCPConnector(
+                limit=0, force_close=False,
+                local_addr=(address, 0) if address is not None else None,
+            )
+            self._sessions.append(aiohttp.ClientSession(connector=connector))
         gate = asyncio.Semaphore(self.plan.connect_concurrency)
+        if self.plan.heartbeat_ms > 0:
+            self._beats = asyncio.create_task(self._heartbeats())
         started = time.monotonic()
         async with asyncio.timeout(self.plan.setup_timeout_s):
             await asyncio.gather(*(self._setup_subscriber(s, gate) for s in self.subscribers))
@@ -612,6 +630,26 @@ class LoadGen:
                 return
             sub.typed += 1
 
+    async def _heartbeats(self) -> None:
+        """An EOL from every connected subscriber once per heart-beat interval, spread evenly
+        over it, from the first connection on: the server closes a peer silent for twice its
+        interval, and setting up thousands takes longer than that."""
+        loop = asyncio.get_running_loop()
+        # Twice as often as agreed (STOMP allows more), on a fixed schedule rather than a sleep
+        # after each slice: a loop busy connecting thousands must not stretch the round.
+        interval = self.plan.heartbeat_ms / 1000 / 2
+        slices = max(1, int(interval * 20))  # 20 wake-ups a second at most
+        due = loop.time()
+        while True:
+            sockets = [s.ws for s in self.subscribers if s.ws is not None and not s.closed]
+            per_slice = max(1, math.ceil(len(sockets) / slices))
+            for start in range(0, per_slice * slices, per_slice):
+                for ws in sockets[start:start + per_slice]:
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await ws.send_str("\n")
+                due += interval / slices
+                await asyncio.sleep(max(0.0, due - loop.time()))
+
     def _expected_here(self) -> int | None:
         """Deliveries this shard's fast subscribers should get, if its publishers are all here."""
         if self.plan.shards != 1:
@@ -661,7 +699,9 @@ class LoadGen:
             result.error_samples.append(sub.error_text)
         result.typing_sent += sub.typed
         result.events += sub.events
-        if sub.slow:
+        if sub.slow or sub.task is None:
+            # A slow one is judged apart; one that never subscribed (a setup failure, counted
+            # as such) was owed nothing, so its room's messages are not lost on it.
             return
         key = str(sub.room_index)
         result.room_subs[key] = result.room_subs.get(key, 0) + 1
@@ -691,6 +731,8 @@ class LoadGen:
             self.result.slow_cut = sum(await asyncio.gather(*(cut(s) for s in slow)))
 
     async def close(self) -> None:
+        if self._beats is not None:
+            self._beats.cancel()
         sockets = [s.ws for s in self.subscribers if s.ws is not None]
         sockets += [p.ws for p in self.publishers if p.ws is not None]
         for sub in self.subscribers:
@@ -704,8 +746,9 @@ class LoadGen:
                     await asyncio.wait_for(ws.close(), 2.0)
 
         await asyncio.gather(*(close_one(ws) for ws in sockets))
-        if self._session is not None:
-            await self._session.close()
+        for session in self._sessions:
+            await session.close()
+        self._sessions.clear()
 
 
 # --- process entry -------------------------------------------------------------------------------

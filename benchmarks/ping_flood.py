@@ -75,8 +75,7 @@ def one_run(root: Path, connect: bool, seconds: float, clients: int) -> Phase:
     target = ChatTarget("ping-flood", root, secret=secret)
     servers = target.start(Layout(rooms=1, subs_per_room=1, publishers=0))
     try:
-        pid = servers.profile_pid
-        assert pid is not None
+        [pid] = servers.worker_pids
         port = int(servers.urls[0].rsplit(":", 1)[1].split("/")[0])
         token = TokenAuthority(secret).mint("flooder")
 

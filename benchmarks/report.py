@@ -23,6 +23,8 @@ class Row:
     figures: dict[str, float] = field(default_factory=dict)
     runs: int = 0
     failures: list[str] = field(default_factory=list)
+    #: Said beside the figures, not a failure (e.g. the fd limit capped the connections).
+    remarks: list[str] = field(default_factory=list)
 
     def get(self, key: str) -> float:
         return self.figures.get(key, math.nan)
@@ -66,7 +68,8 @@ def merge_shards(shards: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def combine(target: str, scenario: str, runs: list[dict[str, float]]) -> Row:
-    """Medians over repetitions; the worst repetition for correctness counters."""
+    """Medians over repetitions, with their spread (`KEY_min`, `KEY_max`); the worst repetition
+    for correctness counters."""
     row = Row(target, scenario, runs=len(runs))
     keys = sorted({key for run in runs for key in run})
     for key in keys:
@@ -77,6 +80,8 @@ def combine(target: str, scenario: str, runs: list[dict[str, float]]) -> Row:
             row.figures[key] = max(values)
         else:
             row.figures[key] = statistics.median(values)
+            row.figures[f"{key}_min"] = min(values)
+            row.figures[f"{key}_max"] = max(values)
     return row
 
 
@@ -97,26 +102,40 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("deliv/CPU-s", "deliveries_per_cpu_s", "{:.0f}"),
     ("RSS MiB", "rss_peak_mib", "{:.0f}"),
     ("KiB/conn", "kib_per_conn", "{:.1f}"),
+    ("idle CPU%", "idle_cpu_pct", "{:.1f}"),
     ("conn/s", "connect_rate", "{:.0f}"),
     ("gen CPU%", "gen_cpu_pct", "{:.0f}"),
 ]
 
 
+#: The main figures: with several runs their cell shows the spread too, `median (min-max)`.
+SPREAD = frozenset({"delivered_per_s", "p50", "p99", "deliveries_per_cpu_s", "kib_per_conn",
+                    "idle_cpu_pct"})
+
+
 def _cell(row: Row, key: str, fmt: str) -> str:
     value = row.get(key)
-    return "-" if math.isnan(value) else fmt.format(value)
+    if math.isnan(value):
+        return "-"
+    text = fmt.format(value)
+    low, high = row.get(f"{key}_min"), row.get(f"{key}_max")
+    if row.runs > 1 and key in SPREAD and not (math.isnan(low) or math.isnan(high)):
+        text += f" ({fmt.format(low)}-{fmt.format(high)})"
+    return text
 
 
 def table(rows: list[Row]) -> str:
     headers = ["target", "scenario", *(header for header, _, _ in COLUMNS), "notes"]
     body = []
     for row in rows:
-        notes = []
+        notes = list(row.remarks)
         if row.get("slow_subscribers") > 0:
             notes.append(f"slow {row.get('slow_subscribers'):.0f}, cut {row.get('slow_cut'):.0f}")
         if row.get("typing_sent") > 0:
             notes.append(f"typing SENDs {row.get('typing_sent'):.0f}, "
                          f"room events {row.get('events'):.0f}")
+        if row.get("broker_cpu_s") > 0:
+            notes.append(f"of the srv CPU, the broker's {row.get('broker_cpu_s'):.1f} s")
         for key in ("errors", "setup_failures", "unreceipted"):
             if row.get(key) > 0:
                 notes.append(f"{key} {row.get(key):.0f}")
@@ -179,8 +198,10 @@ def verdicts(rows: list[Row], chat_labels: dict[str, str], rabbit: str,
     if c is not None:
         rc = _find(rows, rabbit, "c")
         versus = f" (RabbitMQ {rc.get('kib_per_conn'):.1f})" if rc else ""
+        # Every connection held to the end: none refused, sent an ERROR or closed early.
+        held = all(c.get(key) == 0 for key in ("setup_failures", "errors", "closed_early"))
         found.append(Verdict("(c) idle", c.get("kib_per_conn") <= 25 and not c.failures
-                             and c.get("setup_failures") == 0,
+                             and held,
                              f"{c.get('kib_per_conn'):.1f} KiB per connection (<= 25){versus}, "
                              f"{c.get('connect_rate'):.0f} connections/s"))
     d = _find(rows, chat_labels.get("d", ""), "d")
@@ -244,7 +265,10 @@ def _waiting(leaf: str, wait_line: int | None) -> str | None:
     queue looks busy too; both are reported apart from the code's own CPU time.
     """
     name = leaf.partition(" (")[0]
-    if name in ("run_app", "run_forever", "Runner.run", "run_until_complete"):
+    # chat_server's own runner (web/serving.py's `run`) calls uvloop's run_until_complete.
+    if name in ("run_app", "run_forever", "Runner.run", "run_until_complete") or (
+        name == "run" and "web/serving.py" in leaf
+    ):
         return "event loop in C (uvloop: waiting in epoll, or its own socket I/O)"
     if name == "_connection_worker_thread" and wait_line is not None:
         line = leaf.rstrip(")").rsplit(":", 1)[-1]

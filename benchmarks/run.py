@@ -20,6 +20,13 @@ Figures are medians over the repetitions (lost, duplicated, out of order: the wo
 `--quick` is a few-seconds smoke run of chat_server only (the CI test runs it).
 `--broker rabbitmq,nats,...` runs (a) and (b) with two workers on each engine named (redis,
 redis-cluster, rabbitmq, nats, kafka), each broker private to its run.
+`--database postgres` puts every chat_server target on a private PostgreSQL server started per
+run (fsync on), its CPU time counted as the server's.
+`--idle-connections N` holds N connections in (c) instead of 5 000, with STOMP heart-beats at the
+server's default interval, from as many loopback source addresses (127.0.0.2, ...) as the
+ephemeral port range needs; it reports RSS per connection and the server's CPU over the hold (%
+of one core), and says so when the fd limit (`ulimit -Hn`) caps N.
+With `--repeat` above 1, the main figures show `median (min-max)`.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import json
 import math
 import os
 import queue
+import resource
 import secrets
 import shutil
 import signal
@@ -54,12 +62,14 @@ from benchmarks.report import (
     verdicts,
 )
 from benchmarks.servers import (
+    DATABASES,
     REPO_ROOT,
     ChatTarget,
     Layout,
     RabbitTarget,
     Servers,
     cpu_seconds,
+    pids_in_groups,
     rss_bytes,
 )
 from tests.services import BROKER_SERVERS
@@ -68,6 +78,12 @@ MiB = 2**20
 OUTBOX_BYTES = 524288  # chat_server's default CHAT_OUTBOX_BYTES
 SEARCH_RATES = (100, 200, 350, 500, 1000, 1500, 2000, 3000, 4000, 6000, 8000)
 SEARCH_P99_MS = 50.0
+#: Descriptors a process keeps for itself beside its connections (logs, database, broker, ...).
+FD_RESERVE = 200
+#: Connections per loopback source address: below the default ephemeral range (32768-60999).
+PER_SOURCE_ADDRESS = 25_000
+#: The heart-beat interval idle clients negotiate at scale: chat_server's CHAT_HEARTBEAT_MS.
+IDLE_HEARTBEAT_MS = 10_000
 
 
 @dataclass(frozen=True)
@@ -81,6 +97,10 @@ class Scenario:
     typing_fraction: float = 0.0
     idle: bool = False
     quiet_s: float = 1.0
+    heartbeat_ms: int = 0
+    source_addresses: tuple[str, ...] = ()
+    #: Why the scenario holds fewer connections than asked, if it does.
+    note: str = ""
 
 
 FULL = {
@@ -206,9 +226,17 @@ def _plans(target: Target, scenario: Scenario, servers: Servers, secret: str,
         window=scenario.window, duration_s=scenario.duration_s,
         slow_fraction=scenario.slow_fraction, typing_fraction=scenario.typing_fraction,
         jwt_secret=secret if target.kind == "chat" else None,
-        quiet_s=scenario.quiet_s, shards=shards,
+        quiet_s=scenario.quiet_s, shards=shards, heartbeat_ms=scenario.heartbeat_ms,
+        source_addresses=list(scenario.source_addresses),
+        setup_timeout_s=setup_timeout_s(layout, shards),
     )
     return [replace(base, shard=index) for index in range(shards)]
+
+
+def setup_timeout_s(layout: Layout, shards: int) -> float:
+    """Time for one shard to connect and subscribe its share: a busy 2-core machine has managed
+    60-150 connections a second (fewer the more are held); allow 25 a second."""
+    return max(120.0, layout.rooms * layout.subs_per_room / shards / 25)
 
 
 def _start_profiler(pid: int | None, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
@@ -223,6 +251,13 @@ def _start_profiler(pid: int | None, seconds: float, out: Path) -> subprocess.Po
     )
 
 
+def _profile_paths(out: Path, workers: int) -> list[Path]:
+    """One raw profile per worker: `out` itself for one, `out-w0.txt`, `out-w1.txt`, ... else."""
+    if workers <= 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-w{index}{out.suffix}") for index in range(workers)]
+
+
 def run_once(target: Target, scenario: Scenario, *, secret: str, work: Path, shards: int,
              profile_to: Path | None = None) -> dict[str, float]:
     servers = target.start(scenario.layout)
@@ -230,25 +265,33 @@ def run_once(target: Target, scenario: Scenario, *, secret: str, work: Path, sha
     try:
         rss_base = rss_bytes(servers.refresh())
         running = [Shard(plan, work) for plan in _plans(target, scenario, servers, secret, shards)]
-        setup_deadline = time.monotonic() + 300
+        setup_deadline = time.monotonic() + setup_timeout_s(scenario.layout, shards) + 60
         for shard in running:
             shard.wait_for("READY", setup_deadline)
         pids = servers.refresh()
-        profiler = (_start_profiler(servers.profile_pid, scenario.duration_s, profile_to)
-                    if profile_to is not None else None)
+        profilers = [] if profile_to is None else [
+            _start_profiler(pid, scenario.duration_s, out) for pid, out in
+            zip(servers.worker_pids, _profile_paths(profile_to, len(servers.worker_pids)),
+                strict=True)
+        ]
+        brokers = pids_in_groups(servers.broker_pgids)
         sampler = RssSampler(pids)
         sampler.start()
         cpu0 = cpu_seconds(pids)
+        broker0 = cpu_seconds(brokers)
         for shard in running:
             shard.go()
         end_deadline = time.monotonic() + scenario.duration_s + 60
         for shard in running:
             shard.wait_for("LOADEND", end_deadline)
         cpu1 = cpu_seconds(pids)
+        broker1 = cpu_seconds(brokers)
         samples = sampler.finish()
         results = [json.loads(shard.wait_for("RESULT", time.monotonic() + 60))
                    for shard in running]
-        if profiler is not None:
+        for profiler in profilers:
+            if profiler is None:
+                continue
             try:
                 profiler.wait(15)
             except subprocess.TimeoutExpired:
@@ -258,7 +301,13 @@ def run_once(target: Target, scenario: Scenario, *, secret: str, work: Path, sha
         for shard in running:
             shard.kill()
         target.stop()
-    return _figures(scenario, merge_shards(results), cpu1 - cpu0, rss_base, samples)
+    said = [text for result in results
+            for text in result.get("setup_errors", []) + result.get("error_samples", [])]
+    if said:  # what went wrong, in the server's or the client's words
+        print(f" [first error: {said[0][:200]!r}]", end="", file=sys.stderr)
+    figures = _figures(scenario, merge_shards(results), cpu1 - cpu0, rss_base, samples)
+    figures["broker_cpu_s"] = broker1 - broker0 if brokers else math.nan
+    return figures
 
 
 def _figures(scenario: Scenario, merged: dict[str, float], server_cpu: float, rss_base: int,
@@ -271,6 +320,8 @@ def _figures(scenario: Scenario, merged: dict[str, float], server_cpu: float, rs
     if scenario.idle:
         held = sorted(samples)[len(samples) // 2]
         figures["kib_per_conn"] = (held - rss_base) / 1024 / max(merged["subscribers"], 1)
+        # Heart-beats, pings and timers: the server's CPU over the hold, % of one core.
+        figures["idle_cpu_pct"] = 100 * server_cpu / max(merged["wall_s"], 1e-9)
         for key in ("p50", "p90", "p99", "max", "lost", "duplicated", "out_of_order"):
             figures[key] = math.nan
         return figures
@@ -310,13 +361,16 @@ class Bench:
             runs.append(figures)
             if scenario.idle:
                 print(f" {figures['kib_per_conn']:.1f} KiB per connection, "
-                      f"{figures['connect_rate']:.0f} connections/s", file=sys.stderr)
+                      f"{figures['connect_rate']:.0f} connections/s, idle CPU "
+                      f"{figures['idle_cpu_pct']:.1f}% of a core", file=sys.stderr)
             else:
                 print(f" p99 {figures['p99']:.1f} ms, {figures['received']:.0f} deliveries",
                       file=sys.stderr)
         row = combine(target.label, scenario.name, runs) if runs else Row(target.label,
                                                                          scenario.name)
         row.failures = failures
+        if scenario.note:
+            row.remarks.append(scenario.note)
         return row
 
     def _one(self, target: Target, scenario: Scenario, profile: Path | None = None
@@ -333,9 +387,17 @@ class Bench:
             self._one(target, scenario, profile=out)
         except (RunFailed, RuntimeError, OSError, subprocess.SubprocessError) as exc:
             return f"profile of {target.label} {scenario.name} failed: {exc}"
-        if not out.exists():
-            return f"profile of {target.label} {scenario.name}: py-spy wrote nothing"
-        return f"== {target.label}, scenario {scenario.name}\n" + summarize_profile(out)
+        texts = []
+        paths = _profile_paths(out, getattr(target, "workers", 1))
+        for index, path in enumerate(paths):
+            worker = f", worker {index}" if len(paths) > 1 else ""
+            if not path.exists():
+                texts.append(f"profile of {target.label} {scenario.name}{worker}: py-spy wrote "
+                             "nothing")
+                continue
+            texts.append(f"== {target.label}, scenario {scenario.name}{worker}\n"
+                         + summarize_profile(path))
+        return "\n\n".join(texts)
 
     def search(self, target: Target) -> tuple[str, list[Row]]:
         """Rate steps up from 100 msg/s until p99 >= 50 ms, the rate is not reached, or loss."""
@@ -365,6 +427,23 @@ def _scaled(spec: Scenario, scale: float) -> Scenario:
     return replace(spec, duration_s=max(1.0, spec.duration_s * scale))
 
 
+def idle_at_scale(spec: Scenario, wanted: int, fd_limit: int, loadgen_procs: int) -> Scenario:
+    """Scenario (c) with `wanted` connections, as many as the fd limit lets one worker hold.
+
+    The worker holds every connection, so its limit caps N; the load generator's processes
+    share them. Past one address's ephemeral ports, connections come from 127.0.0.2, .3, ...
+    """
+    cap = min(fd_limit - FD_RESERVE, loadgen_procs * (fd_limit - FD_RESERVE))
+    held = min(wanted, cap)
+    note = ""
+    if held < wanted:
+        note = (f"{wanted} connections asked, {held} held: capped by the fd limit "
+                f"(ulimit -Hn {fd_limit}, {FD_RESERVE} kept for the worker's own files)")
+    addresses = tuple(f"127.0.0.{2 + i}" for i in range(math.ceil(held / PER_SOURCE_ADDRESS)))
+    return replace(spec, layout=Layout(held, 1, 0), heartbeat_ms=IDLE_HEARTBEAT_MS,
+                   source_addresses=addresses, note=note)
+
+
 def _machine() -> dict[str, Any]:
     model = "?"
     with contextlib.suppress(OSError):
@@ -381,14 +460,18 @@ def _machine() -> dict[str, Any]:
         "ram_gib": round(mem_kib / 2**20, 1),
         "loadavg": Path("/proc/loadavg").read_text().split()[:3],
         "python": sys.version.split()[0],
+        "fd_limit": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
     }
 
 
 def _targets(args: argparse.Namespace, root: Path, secret: str) -> tuple[dict[str, list[Target]],
                                                                           dict[str, str]]:
-    chat1 = ChatTarget("chat_server", root, secret=secret)
+    database = args.database
+    on = "" if database == "sqlite" else f" {database}"
+    chat1 = ChatTarget(f"chat_server{on}", root, secret=secret, database=database)
     has_redis = shutil.which("redis-server") is not None or Path("/usr/sbin/redis-server").exists()
-    chat2 = (ChatTarget("chat_server 2w+redis", root, workers=2, broker="redis", secret=secret)
+    chat2 = (ChatTarget(f"chat_server 2w+redis{on}", root, workers=2, broker="redis",
+                        secret=secret, database=database)
              if has_redis else chat1)
     engines = [e.strip() for e in (args.broker or "").split(",") if e.strip()]
     unknown = sorted(set(engines) - set(BROKER_SERVERS))
@@ -396,7 +479,8 @@ def _targets(args: argparse.Namespace, root: Path, secret: str) -> tuple[dict[st
         raise SystemExit(f"--broker: unknown engine(s) {', '.join(unknown)} "
                          f"(use {', '.join(BROKER_SERVERS)})")
     per_engine: list[Target] = [
-        ChatTarget(f"chat_server 2w+{engine}", root, workers=2, broker=engine, secret=secret)
+        ChatTarget(f"chat_server 2w+{engine}{on}", root, workers=2, broker=engine, secret=secret,
+                   database=database)
         for engine in engines
     ]
     wanted = set(args.targets.split(","))
@@ -433,6 +517,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--broker", default=None,
                         help="comma list of broker engines for (a) and (b), two workers each: "
                              "redis, redis-cluster, rabbitmq, nats, kafka")
+    parser.add_argument("--database", choices=DATABASES, default="sqlite",
+                        help="chat_server's database: a SQLite file, or a private PostgreSQL "
+                             "server per run")
+    parser.add_argument("--idle-connections", type=int, default=None, metavar="N",
+                        help="connections held in (c) (5 000; capped by the fd limit)")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiply every duration (e.g. 0.3 for a shorter full run)")
     parser.add_argument("--rate", type=float, default=None,
@@ -472,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM as an exception, so the finally below stops the servers and the RabbitMQ node.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     repeat = args.repeat or (1 if args.quick else 3)
-    raise_fd_limit()  # the servers we start inherit it
+    fd_limit = raise_fd_limit()  # the servers we start inherit it
     root = Path(tempfile.mkdtemp(prefix="chat-bench-"))
     secret = secrets.token_urlsafe(32)
     targets, labels = _targets(args, root, secret)
@@ -480,6 +569,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                  else FULL).items()}
     if args.rate is not None:
         specs.update({name: replace(specs[name], rate=args.rate) for name in ("b", "d")})
+    if args.idle_connections is not None:
+        specs["c"] = idle_at_scale(specs["c"], args.idle_connections, fd_limit,
+                                   args.loadgen_procs)
+        if specs["c"].note:
+            print(f"(c): {specs['c'].note}", file=sys.stderr)
     profile_dir = None
     if args.profile:
         profile_dir = REPO_ROOT / "benchmarks" / "results"
@@ -502,7 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.write_text(json.dumps({
             "machine": machine, "repeat": repeat, "quick": args.quick,
             "rows": [{"target": r.target, "scenario": r.scenario, "runs": r.runs,
-                      "failures": r.failures, **r.figures} for r in rows],
+                      "failures": r.failures, "remarks": r.remarks, **r.figures}
+                     for r in rows],
             "verdicts": [asdict(v) for v in found], "search": searches,
         }, indent=1, default=str, allow_nan=True))
     failed_runs = any(row.failures for row in rows)
@@ -514,7 +609,8 @@ def _print(machine: dict[str, Any], rows: list[Row], searches: list[str], profil
            found: list[Any], repeat: int, elapsed: float, args: argparse.Namespace) -> None:
     print(f"\nmachine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['ram_gib']} GiB RAM, "
           f"load average {' '.join(machine['loadavg'])} at start, "
-          f"{' '.join(machine['loadavg_end'])} at the end; Python {machine['python']}")
+          f"{' '.join(machine['loadavg_end'])} at the end; Python {machine['python']}; "
+          f"fd limit (soft, hard) {tuple(machine['fd_limit'])}")
     print(f"medians of {repeat} run(s) (lost/dup/ooo: the worst run); latencies in ms; "
           f"server CPU s over the load; RSS: peak of all server processes; gen CPU%: the load "
           f"generator, % of one core; {elapsed:.0f} s in all\n")

@@ -2,8 +2,9 @@
 
 `ChatTarget`: `python -m chat_server serve` workers (one, or several behind a private broker of
 any engine: Redis, Redis Cluster, RabbitMQ, NATS, Kafka) on a SQLite database seeded with the
-scenario's rooms. `RabbitTarget`: a private RabbitMQ node with
-only Web-STOMP enabled, on free ports, its files in a temp dir (never the machine's own node).
+scenario's rooms, or on a private PostgreSQL server started per run (`database="postgres"`).
+`RabbitTarget`: a private RabbitMQ node with only Web-STOMP enabled, on free ports, its files in
+a temp dir (never the machine's own node).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from benchmarks.loadgen import pub_user, publisher_of, sub_user
 from tests.services import (
     BrokerServer,
+    PostgresServer,
     RedisClusterServer,
     free_port,
     start_broker,
@@ -49,15 +51,18 @@ def _stat_fields(pid: int) -> list[str] | None:
     return raw.rsplit(")", 1)[-1].split()
 
 
-def pids_in_groups(pgids: set[int]) -> list[int]:
-    """Every live process whose process group is one of `pgids` (a server and its helpers)."""
+def pids_in_groups(pgids: set[int], parents: frozenset[int] = frozenset()) -> list[int]:
+    """Every live process whose process group is one of `pgids` (a server and its helpers), or
+    whose parent is one of `parents` (PostgreSQL's backends each start a session of their own)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         fields = _stat_fields(int(entry.name))
-        # fields[0] is the state, [2] the process group.
-        if fields is not None and fields[0] != "Z" and int(fields[2]) in pgids:
+        # fields[0] is the state, [1] the parent, [2] the process group.
+        if fields is not None and fields[0] != "Z" and (
+            int(fields[2]) in pgids or int(fields[1]) in parents
+        ):
             found.append(int(entry.name))
     return found
 
@@ -116,12 +121,16 @@ class Servers:
 
     urls: list[str]
     pgids: set[int]
-    #: The chat_server worker to profile (None for RabbitMQ).
-    profile_pid: int | None = None
+    #: The chat_server workers, each profiled on its own (none for RabbitMQ).
+    worker_pids: list[int] = field(default_factory=list)
+    #: The broker between the workers: its CPU time is reported apart too.
+    broker_pgids: set[int] = field(default_factory=set)
     pids: list[int] = field(default_factory=list)
+    #: Processes whose children count too, whatever their group (a PostgreSQL postmaster).
+    parents: frozenset[int] = frozenset()
 
     def refresh(self) -> list[int]:
-        self.pids = pids_in_groups(self.pgids)
+        self.pids = pids_in_groups(self.pgids, self.parents)
         return self.pids
 
 
@@ -163,6 +172,18 @@ async def _seed(database_url: str, layout: Layout) -> None:
         await store.close()
 
 
+class DurablePostgres(PostgresServer):
+    """The tests' private PostgreSQL with their speed-ups taken out (`fsync=off`,
+    `full_page_writes=off`): a commit is as durable as SQLite's `synchronous=FULL` one."""
+
+    def _server_options(self) -> str:
+        options = super()._server_options().replace("-c fsync=off", "")
+        return options.replace("-c full_page_writes=off", "")
+
+
+DATABASES = ("sqlite", "postgres")
+
+
 def broker_pgids(server: BrokerServer) -> set[int]:
     """The process groups of a broker (each node of a Redis Cluster is one)."""
     nodes = server.nodes if isinstance(server, RedisClusterServer) else [server]
@@ -177,17 +198,22 @@ class ChatTarget:
     kind = "chat"
 
     def __init__(self, label: str, root: Path, *, workers: int = 1, broker: str | None = None,
-                 secret: str, env: dict[str, str] | None = None) -> None:
+                 secret: str, env: dict[str, str] | None = None,
+                 database: str = "sqlite") -> None:
+        if database not in DATABASES:
+            raise ValueError(f"unknown database {database!r} (use {', '.join(DATABASES)})")
         self.label = label
         self.root = root
         self.workers = workers
         self.broker = broker
+        self.database = database
         self.secret = secret
         self.extra_env = env or {}
         self._seeds: dict[Layout, Path] = {}
         self._procs: list[subprocess.Popen[bytes]] = []
         self._broker_teardown = contextlib.ExitStack()
         self._run = 0
+        self._parents: set[int] = set()
         self.restart_each_run = True
         self.run_dir: Path | None = None
 
@@ -202,16 +228,36 @@ class ChatTarget:
             self._seeds[layout] = seed
         return seed
 
+    def _database(self, layout: Layout, run_dir: Path, pgids: set[int]) -> str:
+        """A fresh database holding the layout's rooms, private to this run: its URL."""
+        if self.database == "sqlite":
+            db = run_dir / "chat.db"
+            shutil.copyfile(self._seed_file(layout), db)
+            return f"sqlite:///{db}"
+        server = DurablePostgres(run_dir)
+        self._broker_teardown.callback(server.cleanup)
+        server.start()
+        if server.pid is not None:
+            # pg_ctl gives the postmaster a session of its own, and each backend starts another.
+            pgids.add(server.pid)
+            self._parents.add(server.pid)
+        asyncio.run(_seed(server.url, layout))
+        return server.url
+
     def start(self, layout: Layout) -> Servers:
-        seed = self._seed_file(layout)
         self._run += 1
         run_dir = self.run_dir = self.root / f"{self.label.replace(' ', '_')}-run{self._run}"
         run_dir.mkdir(parents=True)
-        db = run_dir / "chat.db"
-        shutil.copyfile(seed, db)
+        pgids: set[int] = set()
+        self._parents.clear()
+        try:
+            database_url = self._database(layout, run_dir, pgids)
+        except BaseException:
+            self.stop()
+            raise
         env = {
             **os.environ,
-            "DATABASE_URL": f"sqlite:///{db}",
+            "DATABASE_URL": database_url,
             "CHAT_JWT_SECRET": self.secret,
             "CHAT_FRAMES_PER_S": "0",
             "CHAT_MAX_CONNECTIONS_PER_IP": "0",
@@ -222,10 +268,11 @@ class ChatTarget:
         }
         env.pop("REDIS_URL", None)
         env.pop("CHAT_BROKER_URL", None)
-        pgids: set[int] = set()
+        brokers: set[int] = set()
         if self.broker is not None:
             server = start_broker(self.broker, run_dir / "broker", self._broker_teardown)
-            pgids |= broker_pgids(server)
+            brokers = broker_pgids(server)
+            pgids |= brokers
             env["CHAT_BROKER_URL"] = server.url
         ports = [free_port() for _ in range(self.workers)]
         for index, port in enumerate(ports):
@@ -244,7 +291,8 @@ class ChatTarget:
             self.stop()
             raise
         urls = [f"ws://127.0.0.1:{port}/ws" for port in ports]
-        return Servers(urls, pgids, profile_pid=self._procs[0].pid)
+        return Servers(urls, pgids, worker_pids=[proc.pid for proc in self._procs],
+                       broker_pgids=brokers, parents=frozenset(self._parents))
 
     def _wait_ready(self, index: int, port: int) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S

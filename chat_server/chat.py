@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from chat_server.broker.base import Broker, room_topic, user_topic
+from chat_server.broker.base import Broker, reaches_other_workers, room_topic, user_topic
 from chat_server.errors import Forbidden, RoomNotFound, ValidationFailed
 from chat_server.metrics import Metrics
 from chat_server.models import (
@@ -78,6 +78,9 @@ class ChatService:
         self._metrics = metrics
         self._deliver_locally = deliver_locally
         self.room_state = room_state
+        # One worker alone delivers each message at its commit (`stored`); publishing it too
+        # would only come back as an echo for the fan-out to drop.
+        self._publish_rooms = reaches_other_workers(broker)
 
     # --- messages -----------------------------------------------------------------------------
 
@@ -111,7 +114,8 @@ class ChatService:
         self.room_state.message_stored(message.room_id, message.sender_id)
 
     async def publish_message(self, message: ChatMessage) -> None:
-        await self._publish(room_topic(message.room_id), encode_envelope(message))
+        if self._publish_rooms:
+            await self._publish(room_topic(message.room_id), encode_envelope(message))
 
     async def history(
         self, user: UserId, room_id: RoomId, query: HistoryQuery

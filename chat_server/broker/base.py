@@ -38,6 +38,13 @@ class BrokerListener(Protocol):
         ...
 
 
+def reaches_other_workers(broker: Broker) -> bool:
+    """Whether a publish can reach another worker. The in-process broker says no
+    (`process_local = True`): it only echoes back to this worker, so publishing a room message
+    there buys nothing but its encoding, decoding and the drop of the echo by `seq`."""
+    return getattr(broker, "process_local", False) is not True
+
+
 class Broker(Protocol):
     """Topic pub/sub between the workers of one deployment.
 

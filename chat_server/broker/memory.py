@@ -8,6 +8,9 @@ from chat_server.broker.base import BrokerListener, BrokerState
 class MemoryBroker:
     """Delivers each publish straight back to this process's listener, if it watches the topic."""
 
+    #: No other worker hears a publish here (see `reaches_other_workers`).
+    process_local = True
+
     def __init__(self) -> None:
         self._listener: BrokerListener | None = None
         self._topics: set[str] = set()

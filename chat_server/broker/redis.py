@@ -174,7 +174,7 @@ class RedisBroker:
             self._confirmations.clear()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(
-                    pubsub.aclose(),  # type: ignore[no-untyped-call]
+                    pubsub.aclose(),  # type: ignore[no-untyped-call,unused-ignore]
                     self._timeout_s,
                 )
 

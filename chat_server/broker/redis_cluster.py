@@ -218,7 +218,7 @@ class RedisClusterBroker(SupervisedBroker):
                     waiter.cancel()
         for shard in shards:
             with contextlib.suppress(Exception):
-                await shard.pubsub.aclose()  # type: ignore[no-untyped-call]
+                await shard.pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
             with contextlib.suppress(Exception):
                 await shard.client.aclose()
         cluster, self._cluster = self._cluster, None
