@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import sqlite3
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import closing
@@ -323,12 +324,18 @@ async def test_ping_raises_store_unavailable_when_the_database_cannot_be_opened(
 ) -> None:
     unusable = tmp_path / "a-directory-not-a-file.db"
     unusable.mkdir()
+    threads_before = set(threading.enumerate())
     store = await open_store(f"sqlite:///{unusable}")
     try:
         with pytest.raises(StoreUnavailable):
             await store.ping()
     finally:
         await store.close()
+        # aiosqlite stops the thread of a connection that failed to open without waiting for it;
+        # should this loop close first, that thread's answer fails in it (a flaky error
+        # reported on a later test). Wait for those threads to end while the loop still runs.
+        for thread in set(threading.enumerate()) - threads_before:
+            await asyncio.to_thread(thread.join, 10)
 
 
 # --- concurrency -----------------------------------------------------------------------------
