@@ -81,7 +81,8 @@ class _Answers:
 
     def __init__(self, settings: Settings) -> None:
         rate = (f"more than {settings.rest_burst} calls at once or {settings.rest_requests_per_s:g}"
-                " per second from one user (CHAT_REST_REQUESTS_PER_S, CHAT_REST_BURST)")
+                " per second from one user (CHAT_REST_REQUESTS_PER_S, CHAT_REST_BURST)"
+                if settings.rest_requests_per_s else "never here (CHAT_REST_REQUESTS_PER_S=0)")
         self.authenticated = {
             "401": _error("no Authorization: Bearer token, or one that is invalid or expired",
                           "unauthorized"),
@@ -100,6 +101,20 @@ class _Answers:
                               "room_not_found", "not_found")
         self.invalid = _error("a field breaks its rule; `details` names each one",
                               "validation_failed")
+
+    def operation(self, operation_id: str, summary: str, responses: dict[str, Any], *,
+                  body: str | None = None, parameters: list[Any] | None = None) -> dict[str, Any]:
+        """An operation of the API proper: a bearer token, and the answers that go with it."""
+        described: dict[str, Any] = {
+            "operationId": operation_id, "summary": summary, "security": [{"bearer": []}],
+            "responses": {**responses, **self.authenticated},
+        }
+        if body is not None:
+            described["requestBody"] = {"required": True, **_json(_ref(body))}
+            described["responses"].update(self.body)
+        if parameters:
+            described["parameters"] = parameters
+        return described
 
 
 def _link(operation_id: str, body: dict[str, str] | None = None,
@@ -156,23 +171,19 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                        "room, without `participantId`)",
         "oneOf": [_ref("DirectRoom"), _ref("GroupRoom")],
     })
+    converter = plugin.converter
+    assert converter is not None  # set when the plugin joined the spec
     user_id = {"name": "userId", "in": "path", "required": True,
-               "schema": plugin.converter.field2property(UserIdField()) if plugin.converter
-               else {}}
-    answers = _Answers(settings)
-    auth = answers.authenticated
+               "schema": converter.field2property(UserIdField())}
+    _rooms(spec, _Answers(settings), user_id)
+    _unauthenticated(spec)
+    spec.path("/ws", operations={"get": _websocket(settings)})
+    return spec.to_dict()
 
-    def operation(operation_id: str, summary: str, responses: dict[str, Any], *,
-                  body: str | None = None, parameters: list[Any] | None = None) -> dict[str, Any]:
-        described: dict[str, Any] = {"operationId": operation_id, "summary": summary,
-                     "security": [{"bearer": []}], "responses": {**responses, **auth}}
-        if body is not None:
-            described["requestBody"] = {"required": True, **_json(_ref(body))}
-            described["responses"].update(answers.body)
-        if parameters:
-            described["parameters"] = parameters
-        return described
 
+def _rooms(spec: APISpec, answers: _Answers, user_id: dict[str, Any]) -> None:
+    """The API proper: rooms, their messages, members and read state."""
+    operation = answers.operation
     spec.path("/api/chat-rooms", operations={
         "post": operation("createRoom", "Create a direct or a group room", {
             "201": _ok("the new room, the caller a member", "Room", _room_links()),
@@ -242,9 +253,6 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                 "422": _error("userId breaks its rule", "validation_failed"),
             }, parameters=[_ROOM_ID, user_id]),
     })
-    _unauthenticated(spec)
-    spec.path("/ws", operations={"get": _websocket(settings)})
-    return spec.to_dict()
 
 
 def _unauthenticated(spec: APISpec) -> None:

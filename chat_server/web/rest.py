@@ -280,9 +280,10 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(_openapi_document(request.app[SERVICES].settings))
 
 
-@functools.cache
+@functools.lru_cache(maxsize=4)
 def _openapi_document(settings: Settings) -> dict[str, Any]:
-    """Built once per settings: the document states this server's limits."""
+    """Built once per settings (a process has one; tests make many): the document states this
+    server's limits."""
     return build_openapi(settings)
 
 
