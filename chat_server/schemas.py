@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import unicodedata
 from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates
 
-from chat_server.auth import valid_user_id
+from chat_server.auth import MAX_USER_ID_CHARS
+from chat_server.charsets import IDENTIFIER, NAME, TEXT, has_lone_surrogate
 from chat_server.errors import MalformedRequest, ValidationFailed
 from chat_server.models import (
     GroupRoomRequest,
@@ -27,9 +29,29 @@ MAX_CLIENT_MESSAGE_ID = 128
 MAX_ROOM_NAME = 100
 MAX_GROUP_MEMBERS = 100
 MAX_HISTORY_LIMIT = 100
-ZERO_WIDTH_JOINER = "\u200d"
-# C0 controls other than tab and newline have no place in chat text (BAD_INPUTS F25, R11).
-_FORBIDDEN_CONTROLS = frozenset(chr(c) for c in range(0x20) if chr(c) not in "\t\n") | {"\x7f"}
+DEFAULT_HISTORY_LIMIT = 50
+
+# What each rule says in words: the error a client gets, and the OpenAPI description.
+_SURROGATES = "Lone surrogates (a JSON escape like \\ud800 that is not half of a pair) are refused."
+_BMP_ONLY = (
+    "The pattern names characters of the Basic Multilingual Plane only; every character "
+    "beyond it (emoji, say) is allowed."
+)
+IDENTIFIER_RULE = (
+    "without controls, line breaks, spaces but inner ASCII spaces, invisible format "
+    "characters, private-use characters or noncharacters"
+)
+TEXT_RULE = "text that is not only whitespace, without control characters but tab and newline"
+NAME_RULE = (
+    "a name that is not only whitespace, without control characters (tab and newline too), "
+    "line breaks or invisible format characters but the zero-width joiner"
+)
+
+
+def _rule(regex: re.Pattern[str], words: str) -> validate.Regexp:
+    """The server checks the very pattern the document shows (each starts with `^`, so
+    marshmallow's `match` is JSON Schema's `search`)."""
+    return validate.Regexp(regex, error=f"must be {words}")
 
 
 class StrictInteger(fields.Integer):
@@ -62,58 +84,81 @@ class Id(StrictInteger):
         super().__init__(strict=True, validate=validate.Range(1, MAX_ID), **kwargs)
 
 
-class Text(fields.String):
-    """A string that is valid Unicode text: no lone surrogates, no NUL or C0 controls."""
+class Unicode(fields.String):
+    """A string UTF-8 can carry: no lone surrogate, the one rule no pattern states."""
+
+    def __init__(self, description: str, example: Any = None, **kwargs: Any) -> None:
+        metadata: dict[str, Any] = {"description": f"{description} {_BMP_ONLY} {_SURROGATES}"}
+        if example is not None:
+            metadata["example"] = example
+        super().__init__(metadata=metadata, **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text: str = super()._deserialize(value, attr, data, **kwargs)
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValidationError("must be valid Unicode (no lone surrogates)") from None
-        if not _FORBIDDEN_CONTROLS.isdisjoint(text):
-            raise ValidationError("must not contain control characters")
+        if has_lone_surrogate(text):
+            raise ValidationError("must be valid Unicode (no lone surrogates)")
         return text
 
 
-class Name(Text):
-    """A name people see: NFC-normalised, no format or bidi-override characters (R13)."""
+class Text(Unicode):
+    """Chat text: `charsets.TEXT`; its size is checked by the schema that knows the limit."""
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
-        text = unicodedata.normalize("NFC", super()._deserialize(value, attr, data, **kwargs))
-        if any(_hidden(char) for char in text):
-            raise ValidationError("must not contain control or formatting characters")
-        return text.strip()
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(f"Chat text: {TEXT_RULE}.", validate=_rule(TEXT, TEXT_RULE), **kwargs)
 
 
-def _hidden(char: str) -> bool:
-    """Invisible or direction-changing characters; the zero-width joiner stays, as emoji
-    sequences like 👩‍👩‍👧 need it."""
-    return char != ZERO_WIDTH_JOINER and unicodedata.category(char) in {"Cf", "Cc", "Zl", "Zp"}
+class Name(Unicode):
+    """A name people see (R13), checked as sent; stored NFC-normalised and trimmed."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            f"1-{MAX_ROOM_NAME} characters as sent, {NAME_RULE}; stored NFC-normalised, "
+            "without leading or trailing whitespace.",
+            validate=[validate.Length(1, MAX_ROOM_NAME), _rule(NAME, NAME_RULE)],
+            **kwargs,
+        )
 
 
-class UserIdField(fields.String):
+def normalise_name(name: str) -> str:
+    return unicodedata.normalize("NFC", name).strip()
+
+
+class Identifier(Unicode):
+    """A user id or a clientMessageId: `charsets.IDENTIFIER`, and a length."""
+
+    def __init__(self, what: str, max_chars: int, **kwargs: Any) -> None:
+        words = f"1-{max_chars} characters {IDENTIFIER_RULE}"
+        super().__init__(
+            f"{what}: {words}.",
+            validate=[
+                validate.Length(1, max_chars, error=f"must be {words}"),
+                _rule(IDENTIFIER, words),
+            ],
+            **kwargs,
+        )
+
+
+class UserIdField(Identifier):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            "A user id (the `sub` of that user's tokens)", MAX_USER_ID_CHARS, **kwargs
+        )
+
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> UserId:
-        text: str = super()._deserialize(value, attr, data, **kwargs)
-        if not valid_user_id(text) or any(_hidden(char) for char in text):
-            raise ValidationError("must be a user id of 1-128 printable characters")
-        return UserId(text)
+        return UserId(super()._deserialize(value, attr, data, **kwargs))
 
 
-class ClientMessageId(fields.String):
+class ClientMessageId(Identifier):
     def __init__(self) -> None:
         super().__init__(
+            "The client's own id for this message: a retry with the same one stores nothing "
+            "new and answers the stored message",
+            MAX_CLIENT_MESSAGE_ID,
+            example="9b2f6c1e",
             load_default=None,
             allow_none=True,
             data_key="clientMessageId",
-            validate=validate.Length(1, MAX_CLIENT_MESSAGE_ID),
         )
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
-        text: str = super()._deserialize(value, attr, data, **kwargs)
-        if not valid_user_id(text):
-            raise ValidationError("must be 1-128 printable characters")
-        return text
 
 
 class _Strict(Schema):
@@ -123,17 +168,28 @@ class _Strict(Schema):
 
 
 class _Content(_Strict):
-    content = Text(required=True, validate=validate.Length(min=1))
+    content = Text(required=True, example="hi")
     client_message_id = ClientMessageId()
 
     def __init__(self, max_content_bytes: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._max_content_bytes = max_content_bytes
+        # For the OpenAPI document: JSON Schema counts characters, and N bytes never hold
+        # more than N characters; the bytes themselves are checked below.
+        content = self.fields["content"]
+        content.metadata = {
+            **content.metadata,
+            "minLength": 1,
+            "maxLength": max_content_bytes,
+            "description": (
+                f"{content.metadata['description']} At most {max_content_bytes} bytes once "
+                "UTF-8 encoded (CHAT_MAX_BODY_BYTES): JSON Schema cannot count bytes, so "
+                "maxLength bounds the characters and the bytes are checked besides."
+            ),
+        }
 
     @validates("content")
     def _content_fits(self, value: str, **_: Any) -> None:
-        if not value.strip():
-            raise ValidationError("must not be blank")
         if len(value.encode("utf-8")) > self._max_content_bytes:
             raise ValidationError(f"must be at most {self._max_content_bytes} bytes")
 
@@ -194,7 +250,11 @@ class ReadSchema(_Strict):
 class RoomReadSchema(_Strict):
     """`POST /api/chat-rooms/{id}/read` body: `{"seq": 42}` (the room comes from the path)."""
 
-    seq = Seq(required=True)
+    seq = Seq(required=True, metadata={
+        "example": 0,
+        "description": "the last message read; at most the room's last seq (JSON Schema cannot "
+                       "know it: past it is 422 invalid_seq); a JSON integer, never 1.0 or \"1\"",
+    })
 
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> int:
@@ -203,7 +263,7 @@ class RoomReadSchema(_Strict):
 
 
 class DirectRoomSchema(_Strict):
-    participant_id = UserIdField(required=True, data_key="participantId")
+    participant_id = UserIdField(required=True, data_key="participantId", example="bob")
 
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> UserId:
@@ -211,21 +271,24 @@ class DirectRoomSchema(_Strict):
 
 
 class GroupRoomSchema(_Strict):
-    name = Name(required=True, validate=validate.Length(1, MAX_ROOM_NAME))
+    name = Name(required=True, example="team")
     member_ids = fields.List(
-        UserIdField(), required=True, data_key="memberIds",
+        UserIdField(example="bob"), required=True, data_key="memberIds",
         validate=validate.Length(0, MAX_GROUP_MEMBERS),
+        metadata={"description": "the other members (the caller is always one); repeats and "
+                                 "the caller's own id are ignored"},
     )
 
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> GroupRoomRequest:
-        if not data["name"]:
+        name = normalise_name(data["name"])
+        if not name:  # cannot happen after NAME's check; kept as the model's guard
             raise ValidationError({"name": ["must not be blank"]})
-        return GroupRoomRequest(data["name"], tuple(dict.fromkeys(data["member_ids"])))
+        return GroupRoomRequest(name, tuple(dict.fromkeys(data["member_ids"])))
 
 
 class MemberSchema(_Strict):
-    user_id = UserIdField(required=True, data_key="userId")
+    user_id = UserIdField(required=True, data_key="userId", example="dave")
 
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> UserId:
@@ -235,22 +298,29 @@ class MemberSchema(_Strict):
 class QueryInteger(fields.Integer):
     """A query-string integer: ASCII digits only (`int("٧") == 7` is the trap, BAD_INPUTS A4)."""
 
+    def __init__(self, low: int, high: int, **kwargs: Any) -> None:
+        super().__init__(validate=validate.Range(low, high), **kwargs)
+
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
         if not isinstance(value, str) or not value.isascii() or not value.isdigit():
             raise self.make_error("invalid")
-        if len(value) > 19 or int(value) > MAX_ID:
+        if len(value) > 19:  # past MAX_ID whatever the digits; never int() of a huge string
             raise ValidationError("is out of range")
         return int(value)
 
 
 class HistoryQuerySchema(_Strict):
-    before = QueryInteger(load_default=None)
-    after = QueryInteger(load_default=None)
-    limit = QueryInteger(load_default=50, validate=validate.Range(1, MAX_HISTORY_LIMIT))
+    # No load_default for the cursors: absent is not `null` (the document would say nullable).
+    before = QueryInteger(0, MAX_ID, metadata={
+        "description": "only messages with a lower seq (ASCII digits)"})
+    after = QueryInteger(0, MAX_ID, metadata={
+        "description": "only messages with a higher seq, oldest first (ASCII digits)"})
+    limit = QueryInteger(1, MAX_HISTORY_LIMIT, load_default=DEFAULT_HISTORY_LIMIT, metadata={
+        "description": "at most this many messages (ASCII digits)"})
 
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> HistoryQuery:
-        return HistoryQuery(data["before"], data["after"], data["limit"])
+        return HistoryQuery(data.get("before"), data.get("after"), data["limit"])
 
 
 # --- JSON at the edge ------------------------------------------------------------------------
@@ -297,24 +367,30 @@ def load(schema: Schema, data: Any) -> Any:
 # --- Response shapes: for the OpenAPI document (responses are built by the models) -----------
 
 
+def _describe(text: str) -> dict[str, str]:
+    return {"description": text}
+
+
 class RoomOut(Schema):
-    id = fields.Integer(required=True)
+    id = fields.Integer(required=True, validate=validate.Range(1, MAX_ID))
     kind = fields.String(required=True, validate=validate.OneOf(["direct", "group"]))
-    name = fields.String(required=True, allow_none=True)
+    name = fields.String(required=True, allow_none=True,
+                         metadata=_describe("a group room's name; null for a direct room"))
     created_by = fields.String(required=True, data_key="createdBy")
     member_ids = fields.List(fields.String(), required=True, data_key="memberIds")
     created_at = fields.DateTime(required=True, data_key="createdAt")
     last_activity_at = fields.DateTime(required=True, data_key="lastActivityAt")
     last_seq = fields.Integer(
-        required=True, data_key="lastSeq", metadata={"description": "the room's last seq (0: none)"}
+        required=True, data_key="lastSeq", validate=validate.Range(0, MAX_ID),
+        metadata=_describe("the room's last seq (0: none)"),
     )
     last_read_seq = fields.Integer(
-        required=True, data_key="lastReadSeq",
-        metadata={"description": "the caller's read marker (0 until they read or send)"},
+        required=True, data_key="lastReadSeq", validate=validate.Range(0, MAX_ID),
+        metadata=_describe("the caller's read marker (0 until they read or send)"),
     )
     unread_count = fields.Integer(
-        required=True, data_key="unreadCount",
-        metadata={"description": "messages from others above the caller's read marker"},
+        required=True, data_key="unreadCount", validate=validate.Range(0, MAX_ID),
+        metadata=_describe("messages from others above the caller's read marker"),
     )
 
 
@@ -323,13 +399,18 @@ class RoomListOut(Schema):
 
 
 class MessageOut(Schema):
-    id = fields.Integer(required=True)
-    chat_room_id = fields.Integer(required=True, data_key="chatRoomId")
-    seq = fields.Integer(required=True)
+    id = fields.Integer(required=True, validate=validate.Range(1, MAX_ID),
+                        metadata=_describe("unique across the server"))
+    chat_room_id = fields.Integer(required=True, data_key="chatRoomId",
+                                  validate=validate.Range(1, MAX_ID))
+    seq = fields.Integer(required=True, validate=validate.Range(1, MAX_ID),
+                         metadata=_describe("the room's messages are numbered 1, 2, 3, ..."))
     sender_id = fields.String(required=True, data_key="senderId")
     content = fields.String(required=True)
-    created_at = fields.DateTime(required=True, data_key="createdAt")
-    client_message_id = fields.String(data_key="clientMessageId")
+    created_at = fields.DateTime(required=True, data_key="createdAt",
+                                 metadata=_describe("the server's clock when it was stored"))
+    client_message_id = fields.String(data_key="clientMessageId",
+                                      metadata=_describe("present when the sender gave one"))
 
 
 class MessageListOut(Schema):
@@ -337,38 +418,45 @@ class MessageListOut(Schema):
 
 
 class ReadOut(Schema):
-    room_id = fields.Integer(required=True, data_key="roomId")
-    seq = fields.Integer(required=True, metadata={"description": "the caller's marker now"})
+    room_id = fields.Integer(required=True, data_key="roomId", validate=validate.Range(1, MAX_ID))
+    seq = fields.Integer(required=True, validate=validate.Range(0, MAX_ID),
+                         metadata=_describe("the caller's marker now"))
 
 
 class ReadsOut(Schema):
     reads = fields.Dict(
-        keys=fields.String(), values=fields.Integer(), required=True,
-        metadata={"description": "every member's read marker (0 until they read or send)"},
+        keys=fields.String(), values=fields.Integer(validate=validate.Range(0, MAX_ID)),
+        required=True,
+        metadata=_describe("every member's read marker (0 until they read or send)"),
     )
 
 
 class PresenceOut(Schema):
     online = fields.List(
         fields.String(), required=True,
-        metadata={"description": "members with a connection subscribed to the room or its "
-                                 "events, on any worker"},
+        metadata=_describe("members with a connection subscribed to the room or its events, "
+                           "on any worker"),
     )
 
 
 class ErrorBody(Schema):
-    code = fields.String(required=True)
-    message = fields.String(required=True)
-    details = fields.Dict()
+    code = fields.String(required=True, metadata=_describe("stable; part of the contract"))
+    message = fields.String(required=True, metadata=_describe("for people; may change"))
+    details = fields.Dict(metadata=_describe("what the code is about, e.g. the fields at fault"))
 
 
 class ErrorOut(Schema):
     error = fields.Nested(ErrorBody, required=True)
 
 
-class CreateRoomIn(Schema):
-    """Either `participantId` (a direct room) or `name` and `memberIds` (a group room)."""
+class HealthOut(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(["ok"]))
 
-    participant_id = fields.String(data_key="participantId")
-    name = fields.String()
-    member_ids = fields.List(fields.String(), data_key="memberIds")
+
+class ReadinessOut(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(["ready", "unavailable"]))
+    checks = fields.Dict(
+        keys=fields.String(), values=fields.String(), required=True,
+        metadata=_describe("`database` and `broker`: `ok` or what is wrong; `worker` while it "
+                           "shuts down"),
+    )

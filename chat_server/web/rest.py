@@ -14,6 +14,7 @@ from aiohttp import web
 from chat_server.auth import AuthenticationFailed, bearer_token
 from chat_server.broker.base import BrokerState
 from chat_server.chat import ChatService
+from chat_server.config import Settings
 from chat_server.errors import ChatError, NotAMember, RoomNotFound, StoreUnavailable
 from chat_server.models import MessageDraft, RoomId, UserId
 from chat_server.schemas import (
@@ -275,13 +276,15 @@ async def remove_member(request: web.Request) -> web.Response:
 
 
 @api_routes.get("/api/openapi.json")
-async def openapi(_request: web.Request) -> web.Response:
-    return json_response(_openapi_document())
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(_openapi_document(request.app[SERVICES].settings))
 
 
-@functools.cache
-def _openapi_document() -> dict[str, Any]:
-    return build_openapi()
+@functools.lru_cache(maxsize=4)
+def _openapi_document(settings: Settings) -> dict[str, Any]:
+    """Built once per settings (a process has one; tests make many): the document states this
+    server's limits."""
+    return build_openapi(settings)
 
 
 @api_routes.get("/metrics")
