@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jwt
 
+from chat_server.charsets import IDENTIFIER, has_lone_surrogate
 from chat_server.models import UserId
 
 log = logging.getLogger(__name__)
@@ -80,12 +81,13 @@ class TokenAuthority:
 
 
 def valid_user_id(value: object) -> bool:
-    """A user id is 1-128 printable characters (no controls, no separators that break logs)."""
+    """A user id is 1-128 characters of `charsets.IDENTIFIER`: the rule REST and STOMP check
+    (no controls, no separators that break logs, no outer spaces)."""
     return (
         isinstance(value, str)
         and 0 < len(value) <= MAX_USER_ID_CHARS
-        and value.isprintable()
-        and value == value.strip()
+        and IDENTIFIER.match(value) is not None
+        and not has_lone_surrogate(value)
     )
 
 

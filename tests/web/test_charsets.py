@@ -7,9 +7,12 @@ import sys
 import unicodedata
 
 import pytest
+from marshmallow import ValidationError
 
 from chat_server import charsets
+from chat_server.auth import valid_user_id
 from chat_server.charsets import IDENTIFIER, NAME, TEXT, has_lone_surrogate
+from chat_server.schemas import MemberSchema
 
 #: Every character of the Basic Multilingual Plane that a Python str can hold whole.
 BMP = [chr(code) for code in range(0x10000) if not 0xD800 <= code <= 0xDFFF]
@@ -133,3 +136,23 @@ def test_patterns_use_only_what_both_dialects_read_alike(regex: re.Pattern[str])
 @pytest.mark.parametrize("pattern", ["a$", r"\d+", r"(?P<x>a)", "é", r"(?<!a)b", r"\Z"])
 def test_dialect_check_finds_each_trap(pattern: str) -> None:
     assert dialect_traps(pattern)
+
+
+
+_USER_IDS = [
+    "bob", "a b", "a\U0001f600", "a\u0378", "x" * 128,
+    "", " a", "a ", "a\tb", "a\ud800", "x" * 129, "a\u200bb",
+]
+
+
+@pytest.mark.parametrize("user_id", _USER_IDS)
+def test_a_token_may_name_exactly_the_user_ids_rest_accepts(user_id: str) -> None:
+    """One rule for user ids: `chat-server token` and CONNECT accept what REST (and so the
+    OpenAPI document) accepts; an id REST takes as a member could otherwise never sign in."""
+    try:
+        MemberSchema().load({"userId": user_id})
+    except ValidationError:
+        rest_accepts = False
+    else:
+        rest_accepts = True
+    assert valid_user_id(user_id) is rest_accepts
