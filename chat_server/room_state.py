@@ -169,7 +169,11 @@ class RoomState:
         #: Rooms to announce on the next turn of the loop; True: even if unchanged (an answer).
         self._dirty: dict[RoomId, bool] = {}
         self._flush_handle: asyncio.Handle | None = None
-        self._wake: asyncio.TimerHandle | None = None
+        #: The typing timer and when it is due. The time is kept here, not asked of the handle:
+        #: uvloop answers `call_at` for a time already due with a plain Handle, which has no
+        #: `when()`.
+        self._wake: asyncio.Handle | None = None
+        self._wake_at = 0.0
         self._outgoing: deque[tuple[str, bytes]] = deque()
         self._publisher: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -239,6 +243,10 @@ class RoomState:
             self._receive(message)
         except (ValueError, KeyError, TypeError):
             log.warning("dropped an undecodable room-state payload on %s", topic, exc_info=True)
+        except Exception:
+            # Our bug, not the payload's: it costs this event, never the broker's reader, which
+            # carries the chat messages too (raising there drops the broker connection).
+            log.exception("room state failed on a payload of %s", topic)
 
     def on_state(self, state: BrokerState) -> None:
         """Nothing to do: readiness and the metric are the fan-out's."""
@@ -498,9 +506,10 @@ class RoomState:
             return
         when = min(deadlines)
         if self._wake is not None:
-            if self._wake.when() <= when:
+            if self._wake_at <= when:
                 return
             self._wake.cancel()
+        self._wake_at = when
         self._wake = asyncio.get_running_loop().call_at(when, self._on_wake)
 
     def _on_wake(self) -> None:

@@ -344,6 +344,45 @@ async def test_the_snapshot_names_who_is_typing_on_other_workers(
     assert snapshot(events)["typing"] == ["alice"]
 
 
+async def test_typing_timers_due_at_once_do_not_break_the_next_typing_signal(
+    worker: WorkerFactory, room: RoomId
+) -> None:
+    # A TTL this short puts the typing timer due at once: uvloop then answers `call_at` with a
+    # plain Handle. The next signal in the same turn used to ask that handle its `when()`: an
+    # AttributeError out of `on_message`, which took down the worker's broker reader (the
+    # Redis connection dropped, every room resynced from the database: scenario e's delays).
+    one = await worker("one", typing_ttl_s=0.0001)
+    events = await one.watch(room, ALICE)
+    for user in (BOB, CAROL):
+        body = {"k": "typing", "room": room, "user": user, "typing": True}
+        one.state.on_message(f"state:{room}", json.dumps(body).encode())
+    await events.until(lambda seen: len(events.of("typing")) == 4)
+    typing = [(event["userId"], event["typing"]) for event in events.of("typing")]
+    assert typing[:2] == [("bob", True), ("carol", True)]
+    assert sorted(typing[2:]) == [("bob", False), ("carol", False)]
+
+
+async def test_a_room_state_bug_never_escapes_to_the_broker_reader(
+    worker: WorkerFactory, room: RoomId, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The broker's reader also carries the chat messages: a room-state bug must cost one event,
+    # not the worker's broker connection.
+    one = await worker("one")
+    events = await one.watch(room, ALICE)
+
+    def broken(*_: object) -> bool:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(one.state._typists, "started", broken)
+    body = {"k": "typing", "room": room, "user": BOB, "typing": True}
+    one.state.on_message(f"state:{room}", json.dumps(body).encode())  # does not raise
+    assert "RuntimeError: a bug" in caplog.text
+    monkeypatch.undo()
+    one.state.on_message(f"state:{room}", json.dumps(body).encode())
+    await events.until(lambda seen: events.of("typing") != [])
+
+
 # --- read markers ----------------------------------------------------------------------------
 
 
