@@ -110,8 +110,12 @@ class Fanout:
         reconcile_interval_s: float = 5.0,
         metrics: Metrics,
         room_state: BrokerListener | None = None,
+        max_concurrent_fills: int = 4,
     ) -> None:
         self._broker = broker
+        # A resync schedules a fill for every watched room at once; unbounded, they took the
+        # whole database pool and SUBSCRIBEs were refused meanwhile.
+        self._fill_slots = asyncio.Semaphore(max_concurrent_fills)
         self._store = store
         self._gap_wait_s = gap_wait_s
         self._reconcile_interval_s = reconcile_interval_s
@@ -194,6 +198,14 @@ class Fanout:
     # --- BrokerListener -----------------------------------------------------------------------
 
     def on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            self._on_message(topic, payload)
+        except Exception:
+            # A bug here must not end the broker's reader: it carries every room's messages.
+            # What this message should have done is recovered by the gap fill and reconcile.
+            log.exception("could not handle a broker message on %s", topic)
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
         kind, _, key = topic.partition(":")
         if kind == "state":
             if self._room_state is not None:
@@ -266,15 +278,18 @@ class Fanout:
         feed.filling = True
         self._metrics.gap_fills.inc()
         try:
-            while True:
-                page = await self._store.messages(feed.room_id, after=feed.last_seq, limit=PAGE)
-                for message in page:
-                    # The store is the record: what it holds after last_seq comes next.
-                    if message.seq > feed.last_seq:
-                        feed.held.pop(message.seq, None)
-                        self._dispatch(feed, message)
-                if len(page) < PAGE:
-                    break
+            async with self._fill_slots:
+                while self._feeds.get(feed.room_id) is feed:  # not for a room given up meanwhile
+                    page = await self._store.messages(
+                        feed.room_id, after=feed.last_seq, limit=PAGE
+                    )
+                    for message in page:
+                        # The store is the record: what it holds after last_seq comes next.
+                        if message.seq > feed.last_seq:
+                            feed.held.pop(message.seq, None)
+                            self._dispatch(feed, message)
+                    if len(page) < PAGE:
+                        break
         except Exception:
             log.exception("could not fill a gap in room %s; retrying", feed.room_id)
             feed.filling = False

@@ -193,3 +193,65 @@ async def test_garbage_on_the_broker_is_dropped(
     fanout.on_message(room_topic(room), b"not an envelope")
     publish(fanout, *await stored(store, room, 1))
     assert await seen.seqs(1) == [1]
+
+
+class CountingStore:
+    """The real store, counting how many history reads run at once (what a resync costs the
+    database pool)."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self._store = store
+        self.running = 0
+        self.most = 0
+
+    async def messages(self, room_id: RoomId, after: int, limit: int) -> list[ChatMessage]:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await asyncio.sleep(0)  # let every other fill that may start, start
+            return await self._store.messages(room_id, after=after, limit=limit)
+        finally:
+            self.running -= 1
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+
+async def test_a_resync_fills_every_room_but_only_a_few_at_a_time(
+    store: SqlStore, metrics: Metrics
+) -> None:
+    counting = CountingStore(store)
+    broker = MemoryBroker()
+    fan = Fanout(broker, counting, reconcile_interval_s=0, metrics=metrics,  # type: ignore[arg-type]
+                 max_concurrent_fills=3)
+    await broker.start(fan)
+    try:
+        rooms = [(await store.create_group_room(ALICE, f"r{n}", [])).id for n in range(12)]
+        seen = [await attach(fan, room) for room in rooms]
+        for room in rooms:
+            await stored(store, room, 2)  # committed while the broker was down
+        fan.on_resync()
+        for watcher in seen:
+            assert await watcher.seqs(2) == [1, 2]
+        assert counting.most == 3
+    finally:
+        await fan.close()
+        await broker.close()
+
+
+async def test_a_bug_in_handling_one_broker_message_does_not_reach_the_broker(
+    fanout: Fanout, store: SqlStore, room: RoomId, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker's reader calls `on_message`; an exception there ended the reader (and with it
+    every room's delivery on the worker) until it reconnected."""
+    seen = await attach(fanout, room)
+    first, second = await stored(store, room, 2)
+
+    def broken(_message: ChatMessage) -> None:
+        raise RuntimeError("a bug in delivery")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(fanout, "deliver", broken)
+        publish(fanout, first)  # raised into the broker before; logged now
+    publish(fanout, second)
+    assert await seen.seqs(2) == [1, 2]  # the first comes back through the gap fill

@@ -65,6 +65,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         reconcile_interval_s=settings.reconcile_interval_s,
         metrics=metrics,
         room_state=room_state,
+        # Half the pool at most: SUBSCRIBE replays and REST keep the rest during a resync.
+        max_concurrent_fills=max(1, settings.db_pool_size // 2),
     )
     await broker.start(fanout)
     fanout.start()
