@@ -24,7 +24,7 @@ from chat_server.models import (
     SendChain,
     UserId,
 )
-from chat_server.store.rows import decode_headers, encode_headers
+from chat_server.store.rows import encode_headers, to_message
 
 #: What one queued append turns into: its result, or the refusal to raise to its sender.
 Outcome = PostResult | ChatError
@@ -141,19 +141,6 @@ async def append_batch_async(
         marks = plan.inserted(await executor.insert(rows))
         await executor.move_markers(marks)
     return plan.outcomes()
-
-
-def to_message(row: StoredRow) -> ChatMessage:
-    return ChatMessage(
-        id=MessageId(row.id),
-        room_id=RoomId(row.room_id),
-        seq=row.seq,
-        sender_id=UserId(row.sender_id),
-        content=row.content,
-        created_at_ms=row.created_at_ms,
-        client_message_id=row.client_message_id,
-        headers=decode_headers(row.headers),
-    )
 
 
 @dataclass(slots=True)

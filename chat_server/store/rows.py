@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import Row
 
@@ -27,7 +27,29 @@ def decode_headers(raw: str) -> UserHeaders:
     return tuple((str(name), str(value)) for name, value in codec.loads(raw))
 
 
-def to_message(row: Row[Any]) -> ChatMessage:
+class MessageRow(Protocol):
+    """A stored message as any query reads it back: SQLAlchemy's `Row`, or the appends'
+    `StoredRow` from a driver."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def room_id(self) -> int: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def sender_id(self) -> str: ...
+    @property
+    def content(self) -> str: ...
+    @property
+    def created_at_ms(self) -> int: ...
+    @property
+    def client_message_id(self) -> str | None: ...
+    @property
+    def headers(self) -> str: ...
+
+
+def to_message(row: MessageRow | Row[Any]) -> ChatMessage:
     return ChatMessage(
         id=MessageId(row.id),
         room_id=RoomId(row.room_id),
