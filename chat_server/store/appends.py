@@ -35,14 +35,9 @@ Member = tuple[RoomId, UserId]
 #: A room's `last_seq` once this batch's seqs are taken, and the database's time then (ms).
 Position = tuple[int, int]
 
-#: The columns a stored message is read back with, in this order (`StoredRow`).
-MESSAGE_COLUMNS = (
-    "id, room_id, seq, sender_id, content, client_message_id, headers, created_at_ms"
-)
-
 
 class StoredRow(NamedTuple):
-    """A `messages` row as the driver returns it, columns as in `MESSAGE_COLUMNS`."""
+    """A `messages` row as the driver returns it, in `selected_message_columns` order."""
 
     id: int
     room_id: int
@@ -52,6 +47,11 @@ class StoredRow(NamedTuple):
     client_message_id: str | None
     headers: str
     created_at_ms: int
+
+
+def selected_message_columns(alias: str) -> str:
+    """`StoredRow`'s columns of table `alias`, in its order, for a SELECT list."""
+    return ", ".join(f"{alias}.{column}" for column in StoredRow._fields)
 
 
 class NewRow(NamedTuple):

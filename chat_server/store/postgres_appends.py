@@ -21,7 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from chat_server.errors import StoreUnavailable
 from chat_server.models import RoomId, UserId
 from chat_server.store.appends import (
-    MESSAGE_COLUMNS,
     Append,
     Member,
     NewRow,
@@ -30,6 +29,7 @@ from chat_server.store.appends import (
     RetryKey,
     StoredRow,
     append_batch_async,
+    selected_message_columns,
 )
 from chat_server.store.schema import db_now_ms
 
@@ -43,7 +43,7 @@ _MEMBERS: Final = (
     " JOIN room_members AS m ON m.room_id = p.room_id AND m.user_id = p.user_id"
 )
 _RETRIES: Final = (
-    "SELECT " + ", ".join(f"m.{c}" for c in MESSAGE_COLUMNS.split(", "))
+    "SELECT " + selected_message_columns("m")
     + " FROM unnest($1::bigint[], $2::text[], $3::text[]) AS k(room_id, sender_id, cmid)"
     " JOIN messages AS m ON m.room_id = k.room_id AND m.sender_id = k.sender_id"
     " AND m.client_message_id = k.cmid"

@@ -16,12 +16,12 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from chat_server import codec
 from chat_server.models import RoomId, UserId
 from chat_server.store.appends import (
-    MESSAGE_COLUMNS,
     Member,
     NewRow,
     Position,
     RetryKey,
     StoredRow,
+    selected_message_columns,
 )
 from chat_server.store.schema import db_now_ms
 
@@ -33,7 +33,7 @@ _MEMBERS: Final = (
     " ON m.room_id = p.value ->> 0 AND m.user_id = p.value ->> 1"
 )
 _RETRIES: Final = (
-    "SELECT " + ", ".join(f"m.{c}" for c in MESSAGE_COLUMNS.split(", "))
+    "SELECT " + selected_message_columns("m")
     + " FROM json_each(?) AS k JOIN messages AS m ON m.room_id = k.value ->> 0"
     " AND m.sender_id = k.value ->> 1 AND m.client_message_id = k.value ->> 2"
 )
