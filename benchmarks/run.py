@@ -67,6 +67,7 @@ from benchmarks.servers import (
     ChatTarget,
     Layout,
     RabbitTarget,
+    RelayTarget,
     Servers,
     cpu_seconds,
     pids_in_groups,
@@ -491,6 +492,9 @@ def _targets(args: argparse.Namespace, root: Path, secret: str) -> tuple[dict[st
         else:
             print("RabbitMQ with rabbitmq_web_stomp is not installed: chat_server only",
                   file=sys.stderr)
+    # The floor: what the same stack costs with nothing of chat_server's own work (--targets relay).
+    if "relay" in wanted:
+        rabbit = [*rabbit, RelayTarget("python relay (floor)", root)]
     chats: dict[str, list[Target]] = {"a": [chat1], "b": [chat2, chat1], "c": [chat1],
                                       "d": [chat2], "e": [chat2]}
     if args.quick:
@@ -513,7 +517,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="a few seconds, chat_server only, small numbers (the CI smoke run)")
     parser.add_argument("--scenarios", default="a,b,c,d", help="comma list of a, b, c, d, e")
     parser.add_argument("--repeat", type=int, default=None, help="runs per figure (3; quick: 1)")
-    parser.add_argument("--targets", default="chat,rabbit", help="chat, rabbit or both")
+    parser.add_argument("--targets", default="chat,rabbit",
+                        help="comma list of chat, rabbit, relay (a bare Python STOMP relay: "
+                             "the floor)")
     parser.add_argument("--broker", default=None,
                         help="comma list of broker engines for (a) and (b), two workers each: "
                              "redis, redis-cluster, rabbitmq, nats, kafka")

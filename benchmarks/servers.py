@@ -14,6 +14,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -335,6 +336,54 @@ class ChatTarget:
         self.stop()
 
 
+# --- the floor: a bare relay on chat_server's stack ----------------------------------------------
+
+
+class RelayTarget:
+    """`benchmarks.relay_server`, one process per run: what the WebSocket and socket I/O alone
+    cost in Python. It speaks the loadgen's RabbitMQ dialect (topics, no token)."""
+
+    kind = "rabbit"
+
+    def __init__(self, label: str, root: Path) -> None:
+        self.label = label
+        self.root = root
+        self.restart_each_run = True
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def room_ids(self, layout: Layout) -> list[int]:
+        return list(range(1, layout.rooms + 1))
+
+    def start(self, layout: Layout) -> Servers:
+        self.stop()
+        port = free_port()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.relay_server", "--port", str(port)],
+            cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"{self.label} exited with {self._proc.returncode}")
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", port), timeout=1
+            ):
+                return Servers([f"ws://127.0.0.1:{port}/ws"], {self._proc.pid})
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.label} never opened its port")
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            _kill_group(self._proc.pid)
+            self._proc.wait(5)
+            self._proc = None
+
+    def close(self) -> None:
+        self.stop()
+
+
 # --- RabbitMQ ------------------------------------------------------------------------------------
 
 
@@ -435,8 +484,6 @@ class RabbitTarget:
         )
 
     def _wait_port(self) -> None:
-        import socket
-
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError), socket.create_connection(

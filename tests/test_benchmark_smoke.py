@@ -121,3 +121,22 @@ async def test_a_subscriber_that_never_subscribed_is_owed_nothing() -> None:
         gen._collect(sub)
     assert gen.result.room_subs == {"1": 1}
     assert gen.result.room_unique == {"1": 3}
+
+
+def test_quick_relay_floor_relays_without_loss(tmp_path: Path) -> None:
+    """The floor target (`--targets relay`, benchmarks/relay_server.py) speaks enough STOMP for
+    the load generator: every SEND reaches every subscriber of its room, in order."""
+    out = tmp_path / "bench-relay.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--scenarios", "a,b",
+         "--targets", "relay", "--json", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=TIMEOUT_S, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(row["target"], row["scenario"]) for row in rows] == [
+        ("python relay (floor)", "a"), ("python relay (floor)", "b")], rows
+    for row in rows:
+        assert not row["failures"] and row["setup_failures"] == 0 and row["errors"] == 0, row
+        assert row["sent"] > 0 and row["received"] > 0, row
+        assert (row["lost"], row["duplicated"], row["out_of_order"]) == (0, 0, 0), row
