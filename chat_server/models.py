@@ -22,10 +22,21 @@ class RoomKind(StrEnum):
     GROUP = "group"
 
 
+#: The last second formatted, with its text up to the milliseconds: under load most messages
+#: share their second, and formatting one took longer than the rest of its JSON body.
+_last_second: tuple[int, str] = (0, "1970-01-01T00:00:00.")
+
+
 def format_timestamp(epoch_ms: int) -> str:
     """ISO 8601 in UTC with milliseconds, e.g. `2026-11-24T10:00:00.123Z`."""
-    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+    global _last_second
+    seconds, millis = divmod(epoch_ms, 1000)
+    cached, prefix = _last_second  # one tuple: read and replaced whole, whoever calls
+    if seconds != cached:
+        moment = datetime.fromtimestamp(seconds, tz=UTC).replace(tzinfo=None)
+        prefix = moment.isoformat(timespec="seconds") + "."  # four-digit years, unlike %Y
+        _last_second = (seconds, prefix)
+    return f"{prefix}{millis:03d}Z"
 
 
 @dataclass(frozen=True, slots=True)
