@@ -8,7 +8,9 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from chat_server.models import NewMessage, UserId
 from chat_server.store.migrate import migrate
+from chat_server.store.sql import open_store
 from chat_server.store.sqlite import SqliteWriter
 
 
@@ -41,3 +43,34 @@ async def test_a_second_writer_waits_for_the_first_instead_of_failing(tmp_path: 
         release.set()
         await first.close()
         await second.close()
+
+
+async def test_appended_ids_are_the_stored_ones_and_never_reused(tmp_path: Path) -> None:
+    """The SQLite appender gives a batch its ids itself, under the write lock: each must be the
+    row's, and above every id ever given, even once the newest row is gone (AUTOINCREMENT)."""
+    path = tmp_path / "chat.db"
+    url = f"sqlite:///{path}"
+    await migrate(url)
+    store = await open_store(url)
+    try:
+        rooms = [
+            await store.create_group_room(UserId(f"u{n}"), f"room {n}", [UserId("peer")])
+            for n in range(3)
+        ]
+        sends = [
+            store.append_message(NewMessage(rooms[n % 3].id, UserId(f"u{n % 3}"), f"m{n}"))
+            for n in range(10)
+        ]
+        first = [result.message for result in await asyncio.gather(*sends)]
+        for room in rooms:
+            stored = await store.messages(room.id, limit=100)
+            assert sorted((m.id, m.seq, m.content) for m in stored) == [
+                (m.id, m.seq, m.content) for m in first if m.room_id == room.id
+            ]
+        newest = max(m.id for m in first)
+        with sqlite3.connect(path) as conn:
+            conn.execute("DELETE FROM messages WHERE id = ?", (newest,))
+        later = await store.append_message(NewMessage(rooms[0].id, UserId("u0"), "after"))
+        assert later.message.id > newest
+    finally:
+        await store.close()
