@@ -485,16 +485,17 @@ def _targets(args: argparse.Namespace, root: Path, secret: str) -> tuple[dict[st
         for engine in engines
     ]
     wanted = set(args.targets.split(","))
-    rabbit: list[Target] = []
+    # Measured beside chat_server: RabbitMQ and the bare relay (the floor).
+    beside: list[Target] = []
     if not args.quick and "rabbit" in wanted:
         if RabbitTarget.available():
-            rabbit = [RabbitTarget("rabbitmq", root)]
+            beside = [RabbitTarget("rabbitmq", root)]
         else:
             print("RabbitMQ with rabbitmq_web_stomp is not installed: chat_server only",
                   file=sys.stderr)
     # The floor: what the same stack costs with nothing of chat_server's own work (--targets relay).
     if "relay" in wanted:
-        rabbit = [*rabbit, RelayTarget("python relay (floor)", root)]
+        beside = [*beside, RelayTarget("python relay (floor)", root)]
     chats: dict[str, list[Target]] = {"a": [chat1], "b": [chat2, chat1], "c": [chat1],
                                       "d": [chat2], "e": [chat2]}
     if args.quick:
@@ -505,7 +506,7 @@ def _targets(args: argparse.Namespace, root: Path, secret: str) -> tuple[dict[st
     if "chat" not in wanted:
         chats = {key: [] for key in chats}
     # RabbitMQ has no typing: scenario e is chat_server's alone.
-    targets = {key: [*value, *rabbit] if key != "e" else value for key, value in chats.items()}
+    targets = {key: [*value, *beside] if key != "e" else value for key, value in chats.items()}
     labels = {"a": chat1.label, "c": chat1.label, "d": chat2.label}
     return targets, labels
 
